@@ -1,0 +1,66 @@
+"""The ``metajax`` command line: ``metajax {train,eval} EXPERIMENT [--options]``.
+
+Each experiment is a typed config dataclass parsed by tyro (``--help`` lists every
+option with its default) and a library function that does the work.
+
+Examples:
+  metajax train sinusoid --steps 70000 --workdir runs/sinusoid/maml
+  metajax train sinusoid --algorithm pretrain --workdir runs/sinusoid/pretrain
+  metajax eval sinusoid --workdirs runs/sinusoid/maml runs/sinusoid/pretrain
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> experiment -> (module, config class, function)
+COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
+    "train": {
+        "sinusoid": ("metajax.recipes.sinusoid", "SinusoidTrain", "train"),
+    },
+    "eval": {
+        "sinusoid": ("metajax.recipes.sinusoid", "SinusoidEval", "evaluate"),
+    },
+}
+
+
+def _usage() -> str:
+    lines = ["usage: metajax COMMAND EXPERIMENT [--options]", "", "commands:"]
+    for command, experiments in COMMANDS.items():
+        lines.append(f"  {command:<9} {', '.join(experiments)}")
+    lines.append("\n`metajax COMMAND EXPERIMENT --help` lists the options.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metajax`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"metajax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    experiments = COMMANDS[command]
+    if len(argv) < 2 or argv[1] not in experiments:
+        got = argv[1] if len(argv) > 1 else "nothing"
+        print(
+            f"metajax {command}: expected one of {sorted(experiments)}, got {got}.", file=sys.stderr
+        )
+        return 2
+    import tyro
+
+    module_name, config_name, fn_name = experiments[argv[1]]
+    module = importlib.import_module(module_name)
+    config = tyro.cli(
+        getattr(module, config_name), args=argv[2:], prog=f"metajax {command} {argv[1]}"
+    )
+    getattr(module, fn_name)(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The MAML paper's conv4 learner, as pure functions with selectable convolutions.
+
+Architecture (Finn et al. 2017, following Vinyals et al. 2016): four blocks of
+[3x3 convolution with ``channels`` filters ("same" padding), batch norm, ReLU,
+2x2 max-pool], then a linear head. On 28x28 Omniglot the feature map goes
+28 -> 14 -> 7 -> 3 -> 1, so the head sees ``channels`` features.
+
+Batch norm is *transductive*, as in MAML: it normalises with the statistics of the
+batch it is applied to (the support set during adaptation, the query set when
+evaluating), in training and at test time alike. ``example_mask`` excludes padded
+examples (weight 0) from those statistics, so padding changes nothing. Running
+statistics (non-transductive evaluation) can be passed with ``batch_stats=...``.
+
+Convolution formulations (``conv=``), numerically the same function:
+
+* ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
+  (adapted) weights, JAX turns this into a grouped convolution
+  (``feature_group_count = tasks``); XLA:CPU runs those, and their gradients,
+  extremely slowly (jax-ml/jax#13800), while GPUs handle them well.
+* ``"im2col"``: the 3x3 patches are gathered with nine static slices of the padded
+  input and contracted with the ``[9 * C_in, C_out]`` kernel by one matmul.
+  Under ``vmap`` per-task weights become a *batched matmul*, which XLA:CPU runs at
+  a good fraction of its matmul peak.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+ConvImpl = Literal["xla", "im2col"]
+BN_EPS = 1e-5
+
+
+def init(
+    key: jax.Array,
+    *,
+    ways: int,
+    channels: int = 64,
+    in_channels: int = 1,
+    blocks: int = 4,
+    image_size: int = 28,
+    dtype=jnp.float32,
+) -> dict[str, Any]:
+    """Initial parameters: Glorot-uniform kernels, zero biases, unit BN scales.
+
+    Args:
+      key: PRNG key.
+      ways: number of output classes of the head.
+      channels: filters per convolution (64 in the MAML paper's Omniglot net).
+      in_channels: image channels.
+      blocks: number of conv blocks.
+      image_size: input height/width (to size the head).
+
+    Returns:
+      ``{"conv0": {"w": [3, 3, C_in, C], "b": [C]}, "bn0": {"scale", "bias"}, ...,
+      "head": {"w": [F, ways], "b": [ways]}}``.
+    """
+    params: dict[str, Any] = {}
+    keys = jax.random.split(key, blocks + 1)
+    glorot = jax.nn.initializers.glorot_uniform()
+    size, c_in = image_size, in_channels
+    for i in range(blocks):
+        params[f"conv{i}"] = {
+            "w": glorot(keys[i], (3, 3, c_in, channels), dtype),
+            "b": jnp.zeros((channels,), dtype),
+        }
+        params[f"bn{i}"] = {
+            "scale": jnp.ones((channels,), dtype),
+            "bias": jnp.zeros((channels,), dtype),
+        }
+        size, c_in = size // 2, channels
+    features = size * size * channels
+    params["head"] = {
+        "w": glorot(keys[-1], (features, ways), dtype),
+        "b": jnp.zeros((ways,), dtype),
+    }
+    return params
+
+
+def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "im2col") -> jax.Array:
+    """3x3 "same" convolution, NHWC input, HWIO kernel.
+
+    Args:
+      x: ``[N, H, W, C_in]``.
+      w: ``[3, 3, C_in, C_out]``.
+      b: ``[C_out]``.
+      impl: ``"xla"`` or ``"im2col"`` (see the module docstring).
+    """
+    if impl == "xla":
+        y = jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    elif impl == "im2col":
+        n, h, wd, c = x.shape
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        # Patch order (dy, dx, c) matches w.reshape(9 * C_in, C_out) (HWIO).
+        patches = jnp.concatenate(
+            [padded[:, dy : dy + h, dx : dx + wd, :] for dy in range(3) for dx in range(3)], axis=-1
+        )
+        y = jnp.dot(patches.reshape(n * h * wd, 9 * c), w.reshape(9 * c, -1))
+        y = y.reshape(n, h, wd, -1)
+    else:
+        raise ValueError(f"conv impl must be 'xla' or 'im2col', got {impl!r}.")
+    return y + b
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool with stride 2 ("valid": odd sizes drop the last row/column)."""
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def batch_norm(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    *,
+    example_mask: jax.Array | None = None,
+    stats: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Batch norm over (N, H, W) with the batch's own statistics (transductive).
+
+    Args:
+      x: ``[N, H, W, C]``.
+      scale, bias: ``[C]``.
+      example_mask: optional ``[N]`` bools; masked-out examples do not enter the
+        statistics.
+      stats: optional ``(mean, var)`` to use instead of the batch statistics.
+    """
+    if stats is not None:
+        mean, var = stats
+    elif example_mask is None:
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    else:
+        m = example_mask.astype(x.dtype)[:, None, None, None]
+        count = jnp.maximum(jnp.sum(m) * x.shape[1] * x.shape[2], 1.0)
+        mean = jnp.sum(x * m, axis=(0, 1, 2)) / count
+        var = jnp.sum(jnp.square(x - mean) * m, axis=(0, 1, 2)) / count
+    return (x - mean) * jax.lax.rsqrt(var + BN_EPS) * scale + bias
+
+
+def apply(
+    params: dict[str, Any],
+    images: ArrayLike,
+    *,
+    conv: ConvImpl = "im2col",
+    example_mask: jax.Array | None = None,
+    batch_stats: dict[str, tuple[jax.Array, jax.Array]] | None = None,
+    return_features: bool = False,
+) -> jax.Array:
+    """Logits of conv4 for a batch of images.
+
+    Args:
+      params: from :func:`init`.
+      images: ``[N, H, W, C]`` float images.
+      conv: convolution formulation (``"im2col"`` or ``"xla"``).
+      example_mask: ``[N]`` bools excluding padding from batch-norm statistics.
+      batch_stats: ``{"bn0": (mean, var), ...}`` running statistics to use instead
+        of the batch's (non-transductive evaluation).
+      return_features: return the ``[N, F]`` features before the head.
+
+    Returns:
+      ``[N, ways]`` logits (or features).
+    """
+    x = jnp.asarray(images)
+    if x.ndim != 4:
+        raise ValueError(f"conv4 expects images [N, H, W, C]; got shape {x.shape}.")
+    blocks = sum(1 for k in params if k.startswith("conv"))
+    for i in range(blocks):
+        x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], conv)
+        stats = None if batch_stats is None else batch_stats[f"bn{i}"]
+        x = batch_norm(
+            x,
+            params[f"bn{i}"]["scale"],
+            params[f"bn{i}"]["bias"],
+            example_mask=example_mask,
+            stats=stats,
+        )
+        x = max_pool_2x2(jax.nn.relu(x))
+    features = x.reshape(x.shape[0], -1)
+    if return_features:
+        return features
+    return features @ params["head"]["w"] + params["head"]["b"]

@@ -1,0 +1,231 @@
+"""The host-side training loop: progress, metrics files, evaluation, checkpoints.
+
+Everything numerical happens in the jitted step; this loop only dispatches it,
+pulls metrics back every ``log_every`` steps (never every step: that would block
+the host on the device), writes them as JSON lines, evaluates, checkpoints and
+resumes. Rerunning the same command in the same work directory continues from the
+newest checkpoint and produces exactly the run an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from metajax.checkpoint import Checkpointer
+
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
+# Config keys that may change between a run and its resumption (they do not change
+# the numbers the run produces).
+OPERATIONAL_KEYS = frozenset(
+    {
+        "steps",
+        "workdir",
+        "progress",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "steps_per_call",
+        "data_dir",
+    }
+)
+
+
+def _to_python(tree: Any) -> Any:
+    def convert(x):
+        x = np.asarray(x)
+        return x.item() if x.ndim == 0 else x.tolist()
+
+    return jax.tree.map(convert, jax.device_get(tree))
+
+
+def _truncate_jsonl(path: str, max_step: int) -> None:
+    """Drops records past ``max_step`` (written after the checkpoint we resume from)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= max_step]
+    if len(kept) != len(lines):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes logs and metrics files in a multi-host run."""
+    return jax.process_index() == 0
+
+
+def run_training(
+    *,
+    workdir: str,
+    state: Any,
+    train_step: Callable[[Any], tuple[Any, dict]],
+    num_steps: int,
+    steps_per_call: int = 1,
+    log_every: int = 100,
+    eval_every: int = 0,
+    eval_fn: Callable[[Any], dict] | None = None,
+    checkpoint_every: int = 1000,
+    config: dict | None = None,
+    progress: bool = True,
+    description: str = "meta-train",
+) -> Any:
+    """Runs (or resumes) meta-training until ``state.step == num_steps``.
+
+    Args:
+      workdir: where ``config.json``, ``metrics.jsonl``, ``eval.jsonl`` and
+        ``checkpoints/`` live.
+      state: the initial train state (used as the template when resuming).
+      train_step: jitted ``state -> (state, metrics)``; if it runs several steps per
+        call (``steps_per_call > 1``), metrics carry a leading ``[steps]`` axis.
+      num_steps: total meta-steps of the run.
+      steps_per_call: meta-steps done by one call of ``train_step``.
+      log_every: write metrics every this many steps (a multiple of ``steps_per_call``).
+      eval_every: call ``eval_fn(state)`` every this many steps (0: never).
+      eval_fn: returns a dict of scalars logged to ``eval.jsonl``.
+      checkpoint_every: checkpoint period in steps; a final checkpoint is always written.
+      config: saved to ``config.json`` (and checked on resume).
+      progress: show a tqdm progress bar.
+
+    Returns:
+      The final train state.
+
+    Raises:
+      FloatingPointError: when the meta-loss becomes NaN or infinite; the last
+        good checkpoint is kept.
+    """
+    for name, every in (
+        ("log_every", log_every),
+        ("checkpoint_every", checkpoint_every),
+        ("eval_every", eval_every),
+        ("num_steps", num_steps),
+    ):
+        if every % steps_per_call:
+            raise ValueError(
+                f"{name}={every} must be a multiple of steps_per_call={steps_per_call}."
+            )
+    os.makedirs(workdir, exist_ok=True)
+    main = is_main_process()
+    config_path = os.path.join(workdir, "config.json")
+    if config is not None and main:
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                old = json.load(f)
+            new = json.loads(json.dumps(config))  # tuples -> lists, as stored
+            changed = {
+                k: (old.get(k), v)
+                for k, v in new.items()
+                if k not in OPERATIONAL_KEYS and old.get(k) != v
+            }
+            if changed:
+                raise ValueError(
+                    f"{workdir} holds a run with a different config ({changed}); resuming it "
+                    "would not continue the same run. Use a new --workdir."
+                )
+        with open(config_path + ".tmp", "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        os.replace(config_path + ".tmp", config_path)
+
+    ckpt = Checkpointer(workdir)
+    state = ckpt.restore_latest(state)
+    start = int(jax.device_get(state.step))
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    eval_path = os.path.join(workdir, EVAL_FILE)
+    if main:
+        _truncate_jsonl(metrics_path, start)
+        _truncate_jsonl(eval_path, start)
+        if start:
+            print(f"resumed from checkpoint at step {start} in {workdir}", flush=True)
+    if start % steps_per_call:
+        raise ValueError(f"checkpoint step {start} is not a multiple of steps_per_call.")
+
+    bar = None
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=num_steps, initial=start, desc=description, dynamic_ncols=True, mininterval=1.0
+        )
+    pending = None  # metrics of the last logged call, read one call later (no host stall)
+    t_last, step_last = time.perf_counter(), start
+
+    def flush(pending_metrics, at_step):
+        nonlocal t_last, step_last
+        metrics = _to_python(pending_metrics)
+        if steps_per_call > 1:
+            metrics = {k: v[-1] for k, v in metrics.items()}
+        loss = metrics.get("meta_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"meta_loss is {loss} at step {at_step}; stopping. The last good checkpoint "
+                f"is in {ckpt.directory}. Common causes: a learning rate too high, labels "
+                "out of range (NaN per-example loss), or NaN/inf in the input data."
+            )
+        now = time.perf_counter()
+        record = {
+            "step": at_step,
+            **metrics,
+            "sec_per_step": (now - t_last) / max(at_step - step_last, 1),
+        }
+        t_last, step_last = now, at_step
+        if main:
+            _append_jsonl(metrics_path, record)
+            if bar is not None:
+                bar.set_postfix(
+                    {
+                        k: f"{v:.4g}"
+                        for k, v in metrics.items()
+                        if k in ("meta_loss", "query_loss", "query_accuracy")
+                    }
+                )
+
+    step = start
+    try:
+        while step < num_steps:
+            state, metrics = train_step(state)
+            step += steps_per_call
+            if bar is not None:
+                bar.update(steps_per_call)
+            if step % log_every == 0 or step == num_steps:
+                if pending is not None:
+                    flush(*pending)
+                pending = (metrics, step)
+            if eval_fn is not None and eval_every and step % eval_every == 0:
+                result = _to_python(eval_fn(state))
+                if main:
+                    _append_jsonl(eval_path, {"step": step, **result})
+                    print(f"step {step}: eval {result}", flush=True)
+            if step % checkpoint_every == 0 or step == num_steps:
+                if pending is not None:
+                    flush(*pending)  # never checkpoint a state whose loss is NaN
+                    pending = None
+                ckpt.save(step, state)
+        if pending is not None:
+            flush(*pending)
+    finally:
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+    return state
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Reads a metrics/eval JSON-lines file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

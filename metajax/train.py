@@ -1,0 +1,254 @@
+"""The meta-training step: pure, un-jitted, vectorised over tasks.
+
+``make_train_step(algorithm, outer_optimizer)`` returns
+``step(state, tasks, task_weights=None) -> (state, metrics)``: the per-task
+meta-loss and meta-gradient are computed for every task of the batch (``vmap``,
+``lax.map`` or chunks of both), averaged with optional task weights, and one
+optax update is applied. With ``sample_tasks=`` the step draws its own batch of
+tasks on the device from ``fold_in(state.rng, state.step)``, so a resumed run
+replays exactly the same tasks.
+
+``jit_train_step`` adds ``jax.jit`` with the state donated; it is the one place
+where compilation options are chosen (the sharded variant lives in
+:mod:`metajax.parallel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metajax.algorithms.base import MetaLearner
+from metajax.losses import weighted_mean
+from metajax.tasks import Task
+
+TaskSampler = Callable[[jax.Array], Task]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a meta-training run needs to continue exactly.
+
+    Attributes:
+      step: int32 scalar, number of meta-updates done.
+      meta_params: the meta-parameters (e.g. the MAML initialisation).
+      opt_state: the outer optimizer's state.
+      rng: a typed PRNG key; the tasks of step ``s`` come from ``fold_in(rng, s)``.
+    """
+
+    step: jax.Array
+    meta_params: Any
+    opt_state: Any
+    rng: jax.Array
+
+    def replace(self, **changes) -> TrainState:
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "meta_params", "opt_state", "rng"], meta_fields=[]
+)
+
+
+def init_train_state(
+    algorithm: MetaLearner,
+    params: Any,
+    outer_optimizer: optax.GradientTransformation,
+    key: jax.Array,
+) -> TrainState:
+    """Creates the initial :class:`TrainState` from model parameters.
+
+    Args:
+      algorithm: the meta-learner (its ``init`` turns params into meta-params).
+      params: initial model parameters.
+      outer_optimizer: the outer optax transformation.
+      key: a typed PRNG key (``jax.random.key(seed)``) for task sampling.
+    """
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(
+            "key must be a typed PRNG key from jax.random.key(seed); got dtype "
+            f"{key.dtype}. (Legacy uint32 keys from jax.random.PRNGKey are not accepted.)"
+        )
+    meta_params = algorithm.init(params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        meta_params=meta_params,
+        opt_state=outer_optimizer.init(meta_params),
+        rng=key,
+    )
+
+
+def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
+    """Applies a per-task function over the leading task axis.
+
+    Args:
+      fn: function of one task (any pytree slice).
+      tasks: pytree with a leading ``[tasks]`` axis.
+      mode: ``"vmap"`` (one batched program), ``"map"`` (``lax.map``: one task at a
+        time inside the compiled program, least memory), or an int ``c``: chunks of
+        ``c`` tasks vmapped, ``lax.map`` across chunks.
+
+    Returns:
+      ``fn``'s outputs stacked along a leading task axis.
+    """
+    if mode == "vmap":
+        return jax.vmap(fn)(tasks)
+    if mode == "map":
+        return jax.lax.map(fn, tasks)
+    if isinstance(mode, int) and not isinstance(mode, bool) and mode >= 1:
+        return jax.lax.map(fn, tasks, batch_size=mode)
+    raise ValueError(f"task_parallel must be 'vmap', 'map' or a positive chunk size; got {mode!r}.")
+
+
+def sample_tasks_for_step(
+    sample_task: TaskSampler, rng: jax.Array, step: jax.Array, meta_batch: int
+) -> Task:
+    """Draws the batch of tasks of one step: one key per task from ``fold_in(rng, step)``."""
+    keys = jax.random.split(jax.random.fold_in(rng, step), meta_batch)
+    return jax.vmap(sample_task)(keys)
+
+
+def make_train_step(
+    algorithm: MetaLearner,
+    outer_optimizer: optax.GradientTransformation,
+    *,
+    sample_tasks: TaskSampler | None = None,
+    meta_batch: int | None = None,
+    task_parallel: str | int = "vmap",
+    pre_adaptation_metrics: bool = True,
+) -> Callable:
+    """Returns a pure meta-training step.
+
+    Args:
+      algorithm: a :class:`MetaLearner` (``mj.maml(...)`` etc.).
+      outer_optimizer: the optax transformation applied to the meta-gradient.
+      sample_tasks: optional ``key -> Task`` sampler of one task; then the step is
+        ``step(state)`` and draws ``meta_batch`` tasks on the device.
+      meta_batch: tasks per step when ``sample_tasks`` is given.
+      task_parallel: how tasks run (see :func:`map_tasks`); results are the same.
+      pre_adaptation_metrics: also report the query loss (and metrics) at the
+        un-adapted parameters (one extra forward pass per task).
+
+    Returns:
+      ``step(state, tasks, task_weights=None) -> (state, metrics)`` (or
+      ``step(state, task_weights=None)`` with a sampler). ``metrics`` holds
+      ``meta_loss``, ``query_loss`` (after adaptation), ``query_loss_pre``
+      (before), the same for every metric of the task loss (e.g.
+      ``query_accuracy``), ``support_loss`` and ``grad_norm``; all are
+      task-weighted means.
+
+    Example:
+      >>> step = jax.jit(make_train_step(mj.maml(loss_fn), optax.adam(1e-3)), donate_argnums=0)
+      >>> state, metrics = step(state, tasks)
+    """
+    if sample_tasks is not None and (meta_batch is None or meta_batch < 1):
+        raise ValueError("make_train_step(sample_tasks=...) needs meta_batch >= 1.")
+    map_tasks(lambda x: x, jnp.zeros((1,)), task_parallel)  # validates the mode early
+
+    def per_task(meta_params, task):
+        (loss, aux), grads = jax.value_and_grad(algorithm.loss, has_aux=True)(meta_params, task)
+        aux = dict(aux)
+        if pre_adaptation_metrics:
+            pre_loss, pre_aux = algorithm.loss_fn(
+                jax.lax.stop_gradient(algorithm.params(meta_params)), task.query
+            )
+            aux["query_loss_pre"] = pre_loss
+            aux.update({f"query_{k}_pre": v for k, v in pre_aux.items()})
+        return loss, aux, grads
+
+    def update(state: TrainState, tasks: Task, task_weights=None):
+        leaves = jax.tree.leaves(tasks)
+        if not leaves or leaves[0].ndim < 1:
+            raise ValueError("tasks must have a leading [tasks] axis.")
+        n_tasks = leaves[0].shape[0]
+        if task_weights is None:
+            task_weights = jnp.ones((n_tasks,), jnp.float32)
+        elif task_weights.shape != (n_tasks,):
+            raise ValueError(
+                f"task_weights must have shape [tasks] = ({n_tasks},); got {task_weights.shape}."
+            )
+        losses, aux, grads = map_tasks(
+            lambda task: per_task(state.meta_params, task), tasks, task_parallel
+        )
+        # Normalised task weights (0 everywhere if every task has weight 0).
+        total = jnp.sum(task_weights)
+        norm_weights = jnp.where(total > 0, task_weights / jnp.where(total > 0, total, 1.0), 0.0)
+        meta_grad = jax.tree.map(
+            lambda g: jnp.tensordot(norm_weights.astype(g.dtype), g, axes=1), grads
+        )
+        updates, opt_state = outer_optimizer.update(meta_grad, state.opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
+        metrics = {"meta_loss": weighted_mean(losses, task_weights)}
+        metrics.update({k: weighted_mean(v, task_weights) for k, v in aux.items()})
+        metrics["grad_norm"] = optax.tree.norm(meta_grad)
+        new_state = state.replace(step=state.step + 1, meta_params=meta_params, opt_state=opt_state)
+        return new_state, metrics
+
+    if sample_tasks is None:
+        return update
+
+    def sampled_step(state: TrainState, task_weights=None):
+        tasks = sample_tasks_for_step(sample_tasks, state.rng, state.step, meta_batch)
+        return update(state, tasks, task_weights)
+
+    return sampled_step
+
+
+def repeat_step(step: Callable, num_steps: int) -> Callable:
+    """Fuses ``num_steps`` calls of a sampling train step into one (``lax.scan``).
+
+    For small models the per-call overhead of dispatching a jitted step from
+    Python dominates; running several meta-steps per compiled call removes it.
+    The result is identical to calling ``step`` ``num_steps`` times.
+
+    Args:
+      step: ``step(state) -> (state, metrics)`` (a step with ``sample_tasks``).
+      num_steps: steps per call.
+
+    Returns:
+      ``multi_step(state) -> (state, metrics)`` whose metrics have a leading
+      ``[num_steps]`` axis.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+
+    def multi_step(state):
+        return jax.lax.scan(lambda s, _: step(s), state, length=num_steps)
+
+    return multi_step
+
+
+def jit_train_step(step: Callable, *, donate: bool = True) -> Callable:
+    """``jax.jit`` of a train step with the state (argument 0) donated."""
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(
+    algorithm: MetaLearner, *, inner_steps: int | None = None, task_parallel: str | int = "vmap"
+) -> Callable:
+    """Returns ``eval_step(meta_params, tasks) -> metrics`` (pure, un-jitted).
+
+    Each task adapts for ``inner_steps`` steps (default: the training value) and
+    its query loss and metrics are recorded before adaptation and after every
+    step. Every metric has shape ``[tasks, inner_steps + 1]``; index ``k`` is
+    "after k steps".
+    """
+    steps = algorithm.inner_steps if inner_steps is None else inner_steps
+
+    def per_task(meta_params, task: Task):
+        def observe(params):
+            loss, aux = algorithm.loss_fn(params, task.query)
+            return {"query_loss": loss, **{f"query_{k}": v for k, v in aux.items()}}
+
+        _, result = algorithm.adapt(meta_params, task.support, steps=steps, observe=observe)
+        return result.observations
+
+    def eval_step(meta_params, tasks: Task):
+        return map_tasks(lambda task: per_task(meta_params, task), tasks, task_parallel)
+
+    return eval_step

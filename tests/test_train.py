@@ -1,0 +1,187 @@
+"""The train step, eval step, run loop, checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import metajax as mj
+
+from conftest import init_tanh, regression_task, tanh_apply, task_batch
+
+LOSS_FN = mj.make_loss(tanh_apply, mj.squared_error)
+
+
+def _setup(meta_batch=4, **kwargs):
+    learner = mj.maml(LOSS_FN, inner_lr=0.1, inner_steps=2)
+    outer = optax.adam(1e-2)
+    state = mj.init_train_state(learner, init_tanh(jax.random.key(0)), outer, jax.random.key(1))
+    step = mj.make_train_step(
+        learner, outer, sample_tasks=regression_task, meta_batch=meta_batch, **kwargs
+    )
+    return learner, outer, state, step
+
+
+def test_task_parallel_modes_agree():
+    learner, outer, state, _ = _setup()
+    tasks = task_batch(jax.random.key(2), n_tasks=6)
+    results = {}
+    for mode in ("vmap", "map", 2, 4):
+        step = jax.jit(mj.make_train_step(learner, outer, task_parallel=mode))
+        new_state, metrics = step(state, tasks)
+        results[mode] = (new_state.meta_params, new_state.opt_state, metrics)
+    for mode in ("map", 2, 4):
+        chex.assert_trees_all_close(results[mode], results["vmap"], rtol=2e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="task_parallel"):
+        mj.make_train_step(learner, outer, task_parallel="pmap")
+
+
+def test_task_weights_zero_equals_dropping_the_task():
+    learner, outer, state, _ = _setup()
+    step = jax.jit(mj.make_train_step(learner, outer))
+    tasks = task_batch(jax.random.key(3), n_tasks=4)
+    first3 = jax.tree.map(lambda x: x[:3], tasks)
+    strip = lambda out: (out[0].meta_params, out[1])
+    weighted = strip(step(state, tasks, jnp.array([1.0, 1.0, 1.0, 0.0])))
+    dropped = strip(step(state, first3))
+    chex.assert_trees_all_close(weighted, dropped, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="task_weights"):
+        step(state, tasks, jnp.ones(3))
+
+
+def test_metrics_report_before_and_after_adaptation():
+    _, _, state, step = _setup()
+    _, metrics = jax.jit(step)(state)
+    for key in ("meta_loss", "query_loss", "query_loss_pre", "support_loss", "grad_norm"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert metrics["query_loss"] < metrics["query_loss_pre"]
+
+
+def test_repeat_step_equals_repeated_calls_and_replays_from_step_counter():
+    _, _, state, step = _setup()
+    jstep = jax.jit(step)
+    s = state
+    for _ in range(3):
+        s, _ = jstep(s)
+    fused, metrics = jax.jit(mj.repeat_step(step, 3))(state)
+    chex.assert_trees_all_close(fused.meta_params, s.meta_params, rtol=1e-6)
+    assert int(fused.step) == 3 and metrics["meta_loss"].shape == (3,)
+
+
+def test_sampler_uses_fold_in_of_step():
+    _, _, state, step = _setup()
+    jstep = jax.jit(step)
+    s1, m1 = jstep(state)
+    # same params, different step counter -> different tasks -> different loss
+    _, m2 = jstep(state.replace(step=jnp.asarray(7, jnp.int32)))
+    assert float(m1["query_loss_pre"]) != float(m2["query_loss_pre"])
+
+
+def test_eval_step_reports_every_inner_step():
+    learner, _, state, _ = _setup()
+    tasks = task_batch(jax.random.key(4), n_tasks=3)
+    metrics = jax.jit(mj.make_eval_step(learner, inner_steps=4))(state.meta_params, tasks)
+    assert metrics["query_loss"].shape == (3, 5)
+    pre = jax.vmap(lambda t: LOSS_FN(state.meta_params, t.query)[0])(tasks)
+    np.testing.assert_allclose(metrics["query_loss"][:, 0], pre, rtol=1e-6)
+    adapted_loss = jax.vmap(lambda t: learner.loss(state.meta_params, t)[0])(tasks)
+    np.testing.assert_allclose(metrics["query_loss"][:, 2], adapted_loss, rtol=1e-5)
+
+
+def test_init_train_state_rejects_legacy_keys():
+    learner = mj.maml(LOSS_FN)
+    with pytest.raises(TypeError, match="typed PRNG key"):
+        mj.init_train_state(
+            learner, init_tanh(jax.random.key(0)), optax.sgd(0.1), jax.random.PRNGKey(0)
+        )
+
+
+def _run(workdir, num_steps, checkpoint_every=4):
+    _, _, state, step = _setup()
+    return mj.runner.run_training(
+        workdir=str(workdir),
+        state=state,
+        train_step=jax.jit(mj.repeat_step(step, 2)),
+        num_steps=num_steps,
+        steps_per_call=2,
+        log_every=2,
+        checkpoint_every=checkpoint_every,
+        config={"name": "test"},
+        progress=False,
+    )
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    straight = _run(tmp_path / "straight", 12)
+    _run(tmp_path / "resumed", 8)  # "interrupted" after step 8 (checkpointed)
+    resumed = _run(tmp_path / "resumed", 12)
+    chex.assert_trees_all_equal(
+        jax.device_get(resumed.meta_params), jax.device_get(straight.meta_params)
+    )
+    chex.assert_trees_all_equal(
+        jax.device_get(resumed.opt_state), jax.device_get(straight.opt_state)
+    )
+    assert int(resumed.step) == 12
+    # metrics files are identical apart from wall-clock timing
+    read = lambda p: [
+        {k: v for k, v in r.items() if k != "sec_per_step"}
+        for r in mj.runner.read_jsonl(os.path.join(p, "metrics.jsonl"))
+    ]
+    assert read(tmp_path / "resumed") == read(tmp_path / "straight")
+
+
+def test_checkpoint_roundtrip_restores_typed_key_and_leaves_no_temp_dirs(tmp_path):
+    _, _, state, _ = _setup()
+    ckpt = mj.Checkpointer(tmp_path)
+    ckpt.save(5, state)
+    restored = ckpt.restore_latest(state)
+    assert jnp.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
+    np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
+    chex.assert_trees_all_equal(restored.meta_params, state.meta_params)
+    assert ckpt.all_steps() == [5]
+    assert not [p for p in os.listdir(ckpt.directory) if "tmp" in p]
+    ckpt.close()
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    _run(tmp_path, 4)
+    _, _, state, step = _setup()
+    with pytest.raises(ValueError, match="different config"):
+        mj.runner.run_training(
+            workdir=str(tmp_path),
+            state=state,
+            train_step=jax.jit(step),
+            num_steps=6,
+            config={"name": "other"},
+            progress=False,
+        )
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    _, _, state, step = _setup()
+
+    def poisoned(s):
+        s, m = step(s)
+        return s, {**m, "meta_loss": jnp.where(s.step > 4, jnp.nan, m["meta_loss"])}
+
+    with pytest.raises(FloatingPointError, match="meta_loss is nan at step"):
+        mj.runner.run_training(
+            workdir=str(tmp_path),
+            state=state,
+            train_step=jax.jit(poisoned),
+            num_steps=10,
+            log_every=2,
+            checkpoint_every=2,
+            progress=False,
+        )
+    steps = mj.Checkpointer(tmp_path).all_steps()
+    assert max(steps) <= 4, steps
+    with open(tmp_path / "metrics.jsonl") as f:
+        assert all(np.isfinite(json.loads(line)["meta_loss"]) for line in f)
