@@ -7,6 +7,9 @@ Examples:
   metajax train sinusoid --steps 70000 --workdir runs/sinusoid/maml
   metajax train sinusoid --algorithm pretrain --workdir runs/sinusoid/pretrain
   metajax eval sinusoid --workdirs runs/sinusoid/maml runs/sinusoid/pretrain
+  metajax train omniglot --ways 5 --shots 1 --algorithm maml
+  metajax eval omniglot --workdir runs/omniglot/maml-5w1s
+  metajax download omniglot --data-dir ~/data
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from collections.abc import Sequence
 COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "train": {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidTrain", "train"),
+        "omniglot": ("metajax.recipes.omniglot", "OmniglotTrain", "train"),
     },
     "eval": {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidEval", "evaluate"),
+        "omniglot": ("metajax.recipes.omniglot", "OmniglotEval", "evaluate"),
+    },
+    "download": {
+        "omniglot": ("metajax.recipes.downloads", "OmniglotDownload", "download"),
     },
 }
 

@@ -35,6 +35,10 @@ OPERATIONAL_KEYS = frozenset(
         "checkpoint_every",
         "steps_per_call",
         "data_dir",
+        # Numerically equivalent formulations (same function, different programs).
+        "conv",
+        "task_parallel",
+        "val_episodes",
     }
 )
 

@@ -105,14 +105,6 @@ def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
     raise ValueError(f"task_parallel must be 'vmap', 'map' or a positive chunk size; got {mode!r}.")
 
 
-def sample_tasks_for_step(
-    sample_task: TaskSampler, rng: jax.Array, step: jax.Array, meta_batch: int
-) -> Task:
-    """Draws the batch of tasks of one step: one key per task from ``fold_in(rng, step)``."""
-    keys = jax.random.split(jax.random.fold_in(rng, step), meta_batch)
-    return jax.vmap(sample_task)(keys)
-
-
 def make_train_step(
     algorithm: MetaLearner,
     outer_optimizer: optax.GradientTransformation,
@@ -127,8 +119,10 @@ def make_train_step(
     Args:
       algorithm: a :class:`MetaLearner` (``mj.maml(...)`` etc.).
       outer_optimizer: the optax transformation applied to the meta-gradient.
-      sample_tasks: optional ``key -> Task`` sampler of one task; then the step is
-        ``step(state)`` and draws ``meta_batch`` tasks on the device.
+      sample_tasks: optional ``(key, *sampler_args) -> Task`` sampler of one task;
+        then the step is ``step(state, *sampler_args)`` and draws ``meta_batch``
+        tasks on the device. Pass large data (a whole image split) as a sampler
+        argument rather than closing over it, so it is not baked into the program.
       meta_batch: tasks per step when ``sample_tasks`` is given.
       task_parallel: how tasks run (see :func:`map_tasks`); results are the same.
       pre_adaptation_metrics: also report the query loss (and metrics) at the
@@ -136,7 +130,7 @@ def make_train_step(
 
     Returns:
       ``step(state, tasks, task_weights=None) -> (state, metrics)`` (or
-      ``step(state, task_weights=None)`` with a sampler). ``metrics`` holds
+      ``step(state, *sampler_args, task_weights=None)`` with a sampler). ``metrics`` holds
       ``meta_loss``, ``query_loss`` (after adaptation), ``query_loss_pre``
       (before), the same for every metric of the task loss (e.g.
       ``query_accuracy``), ``support_loss`` and ``grad_norm``; all are
@@ -192,8 +186,9 @@ def make_train_step(
     if sample_tasks is None:
         return update
 
-    def sampled_step(state: TrainState, task_weights=None):
-        tasks = sample_tasks_for_step(sample_tasks, state.rng, state.step, meta_batch)
+    def sampled_step(state: TrainState, *sampler_args, task_weights=None):
+        keys = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch)
+        tasks = jax.vmap(lambda key: sample_tasks(key, *sampler_args))(keys)
         return update(state, tasks, task_weights)
 
     return sampled_step
@@ -207,18 +202,19 @@ def repeat_step(step: Callable, num_steps: int) -> Callable:
     The result is identical to calling ``step`` ``num_steps`` times.
 
     Args:
-      step: ``step(state) -> (state, metrics)`` (a step with ``sample_tasks``).
+      step: ``step(state, *sampler_args) -> (state, metrics)`` (a step with
+        ``sample_tasks``).
       num_steps: steps per call.
 
     Returns:
-      ``multi_step(state) -> (state, metrics)`` whose metrics have a leading
-      ``[num_steps]`` axis.
+      ``multi_step(state, *sampler_args) -> (state, metrics)`` whose metrics have a
+      leading ``[num_steps]`` axis.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
 
-    def multi_step(state):
-        return jax.lax.scan(lambda s, _: step(s), state, length=num_steps)
+    def multi_step(state, *sampler_args):
+        return jax.lax.scan(lambda s, _: step(s, *sampler_args), state, length=num_steps)
 
     return multi_step
 

@@ -1,0 +1,98 @@
+"""conv4: the convolution formulations agree, batch norm is transductive and masked."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metajax as mj
+from metajax.models import conv4
+from metajax.recipes.omniglot import classifier_loss
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params = conv4.init(jax.random.key(0), ways=5, channels=8)
+    images = jax.random.uniform(jax.random.key(1), (10, 28, 28, 1))
+    return params, images
+
+
+def test_conv_formulations_agree_on_one_image_batch(setup):
+    params, images = setup
+    out = {
+        impl: jax.jit(lambda p, x, i=impl: conv4.apply(p, x, conv=i))(params, images)
+        for impl in ("xla", "im2col")
+    }
+    np.testing.assert_allclose(out["im2col"], out["xla"], rtol=1e-4, atol=1e-4)
+    assert out["xla"].shape == (10, 5)
+
+
+@pytest.mark.parametrize("c_in,size", [(1, 28), (16, 7), (16, 3)])
+def test_conv3x3_formulations_agree_layer_by_layer(c_in, size):
+    x = jax.random.normal(jax.random.key(0), (4, size, size, c_in))
+    w = jax.random.normal(jax.random.key(1), (3, 3, c_in, 8))
+    b = jax.random.normal(jax.random.key(2), (8,))
+    ref = conv4.conv3x3(x, w, b, "xla")
+    np.testing.assert_allclose(conv4.conv3x3(x, w, b, "im2col"), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_formulations_give_the_same_maml_meta_gradient_over_tasks(setup):
+    params, _ = setup
+    key = jax.random.key(2)
+    tasks = mj.Task(
+        mj.Batch(
+            jax.random.uniform(key, (3, 5, 28, 28, 1)),
+            jnp.tile(jnp.arange(5), (3, 1)),
+            jnp.ones((3, 5)),
+        ),
+        mj.Batch(
+            jax.random.uniform(jax.random.key(3), (3, 10, 28, 28, 1)),
+            jnp.tile(jnp.arange(5).repeat(2), (3, 1)),
+            jnp.ones((3, 10)),
+        ),
+    )
+    grads = {}
+    for impl in ("xla", "im2col"):
+        learner = mj.maml(classifier_loss(impl), inner_lr=0.4, inner_steps=1)
+        grads[impl] = jax.jit(
+            jax.vmap(jax.grad(lambda p, t, lr=learner: lr.loss(p, t)[0]), in_axes=(None, 0))
+        )(params, tasks)
+    chex.assert_trees_all_close(grads["im2col"], grads["xla"], rtol=2e-3, atol=2e-5)
+
+
+def test_batch_norm_is_transductive_and_padding_is_excluded(setup):
+    params, images = setup
+    apply = jax.jit(conv4.apply, static_argnames="conv")
+    full = apply(params, images)
+    # transductive: an example's logits depend on the rest of its batch
+    assert not np.allclose(apply(params, images[:5])[:5], full[:5], atol=1e-4)
+    # a padded (masked-out) example changes nothing for the others
+    padded = jnp.concatenate([images[:5], jnp.full((3, 28, 28, 1), 7.0)])
+    mask = jnp.arange(8) < 5
+    np.testing.assert_allclose(
+        apply(params, padded, example_mask=mask)[:5],
+        apply(params, images[:5]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_max_pool_floor_and_shapes():
+    x = jnp.arange(2 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 7, 7, 1)
+    y = conv4.max_pool_2x2(x)
+    assert y.shape == (2, 3, 3, 1)
+    assert float(y[0, 0, 0, 0]) == float(x[0, 1, 1, 0])
+    # the same as a reshape-max, and its gradient picks the arg-max
+    ref = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 1).max(axis=(2, 4))
+    np.testing.assert_array_equal(y, ref)
+    g = jax.grad(lambda x: conv4.max_pool_2x2(x).sum())(x)
+    assert float(g.sum()) == 18.0 and float(g[0, 1, 1, 0]) == 1.0
+
+
+def test_bad_image_rank_is_a_clear_error(setup):
+    params, _ = setup
+    with pytest.raises(ValueError, match=r"images \[N, H, W, C\]"):
+        conv4.apply(params, jnp.zeros((28, 28, 1)))
