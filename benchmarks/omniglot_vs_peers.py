@@ -1,0 +1,193 @@
+"""Omniglot MAML meta-step: metajax beside learn2learn / higher / TorchOpt, same run.
+
+Workloads (see ``peers/torch_peers.py``): W1 = the MAML paper's protocol (5-way
+1-shot, 1 query per class, conv4-64, meta-batch 32, 1 inner SGD step at lr 0.4,
+second order, Adam); W2 = the same with 15 queries per class. Each measurement
+runs in a fresh subprocess (clean peak RSS), one after the other on the same
+machine; metajax's compile time is reported apart from its steady state.
+
+Usage:
+  python benchmarks/omniglot_vs_peers.py --workloads W1-so-1step W2-so-1step \\
+      --peers learn2learn --iters 5 --out benchmarks/results/omniglot_vs_peers.jsonl
+
+Needs the ``peers`` extra for the PyTorch side (see ``benchmarks/peers/README.md``);
+``--peers`` with no names times metajax alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "peers"))
+
+
+def time_metajax(workload_name: str, *, warmup: int, iters: int, conv: str) -> dict:
+    """Times metajax's jitted train step on one workload, in this process."""
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from torch_peers import get_workload  # the workload definitions only; no torch needed
+
+    import metajax as mj
+    from metajax.models import conv4
+    from metajax.recipes.omniglot import classifier_loss
+
+    w = get_workload(workload_name)
+    if w["family"] != "omniglot":
+        raise ValueError("this script times the Omniglot workloads (W1, W2)")
+    ways, shots, queries, tasks_n = w["ways"], w["shots"], w["queries"], w["meta_batch"]
+    rng = np.random.default_rng(0)
+
+    def batch(per_class):
+        n = ways * per_class
+        return mj.Batch(
+            jnp.asarray(rng.random((tasks_n, n, 28, 28, 1)), jnp.float32),
+            jnp.asarray(np.tile(np.tile(np.arange(ways), per_class), (tasks_n, 1)), jnp.int32),
+            jnp.ones((tasks_n, n), jnp.float32),
+        )
+
+    tasks = mj.Task(batch(shots), batch(queries))
+    learner = mj.maml(
+        classifier_loss(conv),
+        inner_lr=w["inner_lr"],
+        inner_steps=w["inner_steps"],
+        first_order=w["first_order"],
+    )
+    outer = optax.adam(w["outer_lr"])
+    state = mj.init_train_state(
+        learner, conv4.init(jax.random.key(0), ways=ways), outer, jax.random.key(1)
+    )
+    step = jax.jit(
+        mj.make_train_step(learner, outer, pre_adaptation_metrics=False), donate_argnums=0
+    )
+    t0 = time.perf_counter()
+    compiled = step.lower(state, tasks).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    for _ in range(warmup):
+        state, metrics = compiled(state, tasks)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, tasks)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    q25, q75 = np.percentile(times, [25, 75])
+    return {
+        "peer": "metajax",
+        "workload": workload_name,
+        "conv": conv,
+        "sec_per_step_median": med,
+        "sec_per_step_iqr": float(q75 - q25),
+        "tasks_per_s": tasks_n / med,
+        "compile_s": compile_s,
+        "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "jax_version": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "times": times,
+        "meta_loss": float(metrics["meta_loss"]),
+    }
+
+
+def run_metajax_isolated(workload: str, *, warmup: int, iters: int, conv: str) -> dict:
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        workload,
+        "--warmup",
+        str(warmup),
+        "--iters",
+        str(iters),
+        "--conv",
+        conv,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"peer": "metajax", "workload": workload, "error": proc.stderr[-2000:]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=["W1-so-1step", "W2-so-1step"])
+    parser.add_argument("--peers", nargs="*", default=["learn2learn"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--conv", default="im2col", choices=["im2col", "xla"])
+    parser.add_argument("--out", default=None, help="append JSON lines here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(
+            json.dumps(
+                time_metajax(args.worker, warmup=args.warmup, iters=args.iters, conv=args.conv)
+            )
+        )
+        return 0
+
+    results = []
+    for workload in args.workloads:
+        row = [run_metajax_isolated(workload, warmup=args.warmup, iters=args.iters, conv=args.conv)]
+        if args.peers:
+            from torch_peers import run_isolated
+
+            for peer in args.peers:
+                row.append(run_isolated(peer, workload, warmup=args.warmup, iters=args.iters))
+        results.extend(row)
+    machine = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as f:
+            for r in results:
+                f.write(json.dumps({**r, **machine}) + "\n")
+
+    print(
+        "| workload | library | s / meta-step (median, IQR) | tasks/s | peak RSS MB | "
+        "metajax speed-up | notes |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for workload in args.workloads:
+        rows = [r for r in results if r.get("workload") == workload]
+        ours = next((r for r in rows if r["peer"] == "metajax" and "error" not in r), None)
+        for r in rows:
+            if "error" in r:
+                print(f"| {workload} | {r['peer']} | error: {r['error'][:80]} | | | | |")
+                continue
+            ratio = (r["sec_per_step_median"] / ours["sec_per_step_median"]) if ours else None
+            note = (
+                f"compile {r['compile_s']:.1f} s, {r['gflop_per_step']:.0f} GFLOP/step"
+                if r["peer"] == "metajax"
+                else f"{r.get('lib_version', '')}"
+            )
+            print(
+                f"| {workload} | {r['peer']} | {r['sec_per_step_median']:.3f} "
+                f"(±{r['sec_per_step_iqr']:.3f}) | {r['tasks_per_s']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} | "
+                f"{'' if r['peer'] == 'metajax' or ratio is None else f'{ratio:.2f}x'} "
+                f"| {note} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
