@@ -88,6 +88,7 @@ def run_training(
     checkpoint_every: int = 1000,
     config: dict | None = None,
     progress: bool = True,
+    plot: bool = True,
     description: str = "meta-train",
 ) -> Any:
     """Runs (or resumes) meta-training until ``state.step == num_steps``.
@@ -106,6 +107,7 @@ def run_training(
       checkpoint_every: checkpoint period in steps; a final checkpoint is always written.
       config: saved to ``config.json`` (and checked on resume).
       progress: show a tqdm progress bar.
+      plot: redraw ``learning_curve.png`` at every checkpoint.
 
     Returns:
       The final train state.
@@ -220,6 +222,8 @@ def run_training(
                     flush(*pending)  # never checkpoint a state whose loss is NaN
                     pending = None
                 ckpt.save(step, state)
+                if main and plot:
+                    plot_learning_curve(workdir)
         if pending is not None:
             flush(*pending)
     finally:
@@ -227,6 +231,12 @@ def run_training(
             bar.close()
         ckpt.close()
     return state
+
+
+def plot_learning_curve(workdir: str) -> str:
+    from metajax.plots import plot_learning_curve as plot_curve
+
+    return plot_curve(workdir)
 
 
 def read_jsonl(path: str) -> list[dict]:

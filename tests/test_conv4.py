@@ -39,28 +39,61 @@ def test_conv3x3_formulations_agree_layer_by_layer(c_in, size):
     np.testing.assert_allclose(conv4.conv3x3(x, w, b, "im2col"), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_conv_formulations_give_the_same_maml_meta_gradient_over_tasks(setup):
-    params, _ = setup
-    key = jax.random.key(2)
+def _tiny_float64_tasks():
+    params = conv4.init(jax.random.key(0), ways=3, channels=4, image_size=16, dtype=jnp.float64)
     tasks = mj.Task(
         mj.Batch(
-            jax.random.uniform(key, (3, 5, 28, 28, 1)),
-            jnp.tile(jnp.arange(5), (3, 1)),
-            jnp.ones((3, 5)),
+            jax.random.uniform(jax.random.key(2), (2, 3, 16, 16, 1), jnp.float64),
+            jnp.tile(jnp.arange(3), (2, 1)),
+            jnp.ones((2, 3)),
         ),
         mj.Batch(
-            jax.random.uniform(jax.random.key(3), (3, 10, 28, 28, 1)),
-            jnp.tile(jnp.arange(5).repeat(2), (3, 1)),
-            jnp.ones((3, 10)),
+            jax.random.uniform(jax.random.key(3), (2, 6, 16, 16, 1), jnp.float64),
+            jnp.tile(jnp.arange(3).repeat(2), (2, 1)),
+            jnp.ones((2, 6)),
         ),
     )
-    grads = {}
-    for impl in ("xla", "im2col"):
-        learner = mj.maml(classifier_loss(impl), inner_lr=0.4, inner_steps=1)
-        grads[impl] = jax.jit(
-            jax.vmap(jax.grad(lambda p, t, lr=learner: lr.loss(p, t)[0]), in_axes=(None, 0))
-        )(params, tasks)
-    chex.assert_trees_all_close(grads["im2col"], grads["xla"], rtol=2e-3, atol=2e-5)
+    return params, tasks
+
+
+def _meta_grads(impl, params, tasks, *, vmapped):
+    learner = mj.maml(classifier_loss(impl), inner_lr=0.4, inner_steps=1)
+    grad = jax.grad(lambda p, t: learner.loss(p, t)[0])
+    if vmapped:
+        return jax.jit(jax.vmap(grad, in_axes=(None, 0)))(params, tasks)
+    per_task = [jax.jit(grad)(params, jax.tree.map(lambda x, i=i: x[i], tasks)) for i in range(2)]
+    return jax.tree.map(lambda *g: jnp.stack(g), *per_task)
+
+
+def test_im2col_maml_meta_gradient_over_tasks_equals_plain_convolutions_task_by_task():
+    # float64: second-order gradients through batch norm on tiny batches are
+    # ill-conditioned in float32. Reference: the plain XLA convolution, one task at a
+    # time (no vmap, so no grouped convolution).
+    with jax.enable_x64(True):
+        params, tasks = _tiny_float64_tasks()
+        reference = _meta_grads("xla", params, tasks, vmapped=False)
+        chex.assert_trees_all_close(
+            _meta_grads("im2col", params, tasks, vmapped=True), reference, rtol=1e-8, atol=1e-10
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "jax 0.10.2 on CPU: vmap over tasks of the lax.scan inner loop with per-task "
+        "lax.conv weights gives adapted outputs that differ from the same computation "
+        "task by task (found here; 'im2col' is unaffected). Remove this mark when it passes."
+    ),
+)
+def test_xla_conv_under_vmapped_inner_loop_matches_task_by_task():
+    with jax.enable_x64(True):
+        params, tasks = _tiny_float64_tasks()
+        chex.assert_trees_all_close(
+            _meta_grads("xla", params, tasks, vmapped=True),
+            _meta_grads("xla", params, tasks, vmapped=False),
+            rtol=1e-6,
+            atol=1e-8,
+        )
 
 
 def test_batch_norm_is_transductive_and_padding_is_excluded(setup):

@@ -66,9 +66,10 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    straight = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "a"), steps=20, **TINY))
-    omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=10, **TINY))
-    resumed = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=20, **TINY))
+    tiny = {**TINY, "channels": 8, "meta_batch": 4, "checkpoint_every": 4, "log_every": 4}
+    straight = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "a"), steps=8, **tiny))
+    omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=4, **tiny))
+    resumed = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=8, **tiny))
     chex.assert_trees_all_equal(
         jax.device_get(resumed.meta_params), jax.device_get(straight.meta_params)
     )

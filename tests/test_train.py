@@ -135,6 +135,7 @@ def test_resume_continues_bit_for_bit(tmp_path):
         for r in mj.runner.read_jsonl(os.path.join(p, "metrics.jsonl"))
     ]
     assert read(tmp_path / "resumed") == read(tmp_path / "straight")
+    assert (tmp_path / "resumed" / "learning_curve.png").stat().st_size > 5_000
 
 
 def test_checkpoint_roundtrip_restores_typed_key_and_leaves_no_temp_dirs(tmp_path):

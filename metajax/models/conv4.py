@@ -2,7 +2,8 @@
 
 Architecture (Finn et al. 2017, following Vinyals et al. 2016): four blocks of
 [3x3 convolution with ``channels`` filters ("same" padding), batch norm, ReLU,
-2x2 max-pool], then a linear head. On 28x28 Omniglot the feature map goes
+2x2 max-pool], then a linear head. (ReLU is applied after the pool: the same
+function, since ReLU is monotone, without max-pool ties between ReLU zeros.) On 28x28 Omniglot the feature map goes
 28 -> 14 -> 7 -> 3 -> 1, so the head sees ``channels`` features.
 
 Batch norm is *transductive*, as in MAML: it normalises with the statistics of the
@@ -16,7 +17,12 @@ Convolution formulations (``conv=``), numerically the same function:
 * ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
   (adapted) weights, JAX turns this into a grouped convolution
   (``feature_group_count = tasks``); XLA:CPU runs those, and their gradients,
-  extremely slowly (jax-ml/jax#13800), while GPUs handle them well.
+  extremely slowly (jax-ml/jax#13800). **Known problem (jax 0.10.2, CPU):** under
+  ``vmap`` over tasks of the ``lax.scan`` inner loop, this formulation's adapted
+  outputs differ from the same computation done task by task
+  (``tests/test_conv4.py`` keeps a strict xfail); use ``"im2col"``, which matches
+  the task-by-task result and learn2learn's meta-gradient
+  (``benchmarks/check_against_peers.py``).
 * ``"im2col"``: the 3x3 patches are gathered with nine static slices of the padded
   input and contracted with the ``[9 * C_in, C_out]`` kernel by one matmul.
   Under ``vmap`` per-task weights become a *batched matmul*.
@@ -28,7 +34,7 @@ activation, cost more than its convolution. Measured in the full second-order MA
 step, these alternatives were *slower* and are not used: nine fused multiply-adds
 for the grayscale first layer (+40%), max-pool as strided slices (+15%), and
 gathering only the three horizontal taps with shifted partial outputs (2x faster
-forward, slower backward). ReLU after the pool was neutral.
+forward, slower backward). ReLU after the pool (used) is neutral for speed.
 """
 
 from __future__ import annotations
@@ -190,7 +196,10 @@ def apply(
             example_mask=example_mask,
             stats=stats,
         )
-        x = max_pool_2x2(jax.nn.relu(x))
+        # relu(pool(x)) == pool(relu(x)) exactly (ReLU is monotone), but pooling
+        # first avoids max-pool ties between ReLU zeros, whose gradient is
+        # ill-defined: with ties, jit and eager second-order gradients disagreed.
+        x = jax.nn.relu(max_pool_2x2(x))
     features = x.reshape(x.shape[0], -1)
     if return_features:
         return features
