@@ -239,6 +239,42 @@ def plot_learning_curve(workdir: str) -> str:
     return plot_curve(workdir)
 
 
+def restore_run(workdir: str, config_cls: type, make_template: Callable[[Any], Any]):
+    """Reads a run's ``config.json`` into ``config_cls`` and restores its newest checkpoint.
+
+    Args:
+      workdir: the run directory.
+      config_cls: the run's config dataclass; unknown keys in the file are ignored
+        and JSON lists become tuples where the field's default is a tuple.
+      make_template: ``config -> state`` building a state of the right structure.
+
+    Returns:
+      ``(config, state)``.
+    """
+    import dataclasses
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no config.json in {workdir}: is it a metajax run directory?")
+    with open(path) as f:
+        raw = json.load(f)
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key in fields:
+            is_tuple = isinstance(fields[key].default, tuple)
+            kwargs[key] = tuple(value) if is_tuple and isinstance(value, list) else value
+    config = config_cls(**kwargs)
+    ckpt = Checkpointer(workdir)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
+        state = ckpt.restore_latest(make_template(config))
+    finally:
+        ckpt.close()
+    return config, state
+
+
 def read_jsonl(path: str) -> list[dict]:
     """Reads a metrics/eval JSON-lines file."""
     with open(path) as f:

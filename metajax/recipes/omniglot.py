@@ -24,12 +24,11 @@ import numpy as np
 import optax
 
 from metajax import algorithms
-from metajax.checkpoint import Checkpointer
 from metajax.data import episodes
 from metajax.data import omniglot as omniglot_data
 from metajax.losses import accuracy, softmax_cross_entropy, weighted_mean
 from metajax.models import conv4
-from metajax.runner import run_training
+from metajax.runner import restore_run, run_training
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
 Algorithm = Literal["maml", "fomaml", "anil", "meta-sgd", "reptile", "pretrain"]
@@ -262,20 +261,7 @@ def train(cfg: OmniglotTrain) -> TrainState:
 
 def load_run(workdir: str) -> tuple[OmniglotTrain, TrainState]:
     """Restores the newest checkpoint of a run directory with its config."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no config.json in {workdir}: is it a metajax omniglot run?")
-    with open(path) as f:
-        raw = json.load(f)
-    fields = {f.name for f in dataclasses.fields(OmniglotTrain)}
-    cfg = OmniglotTrain(**{k: v for k, v in raw.items() if k in fields})
-    template, _ = initial_state(cfg)
-    ckpt = Checkpointer(workdir)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
-    state = ckpt.restore_latest(template)
-    ckpt.close()
-    return cfg, state
+    return restore_run(workdir, OmniglotTrain, lambda cfg: initial_state(cfg)[0])
 
 
 def evaluate(cfg: OmniglotEval) -> dict:

@@ -21,11 +21,10 @@ import numpy as np
 import optax
 
 from metajax import algorithms
-from metajax.checkpoint import Checkpointer
 from metajax.data.sinusoid import SinusoidDistribution, sinusoid
 from metajax.losses import make_loss, squared_error
 from metajax.models.mlp import MLP
-from metajax.runner import run_training
+from metajax.runner import restore_run, run_training
 from metajax.train import (
     TrainState,
     init_train_state,
@@ -156,20 +155,7 @@ def train(cfg: SinusoidTrain) -> TrainState:
 
 def load_run(workdir: str) -> tuple[SinusoidTrain, TrainState]:
     """Restores the newest checkpoint of a run directory with its config."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no config.json in {workdir}: is it a metajax sinusoid run?")
-    with open(path) as f:
-        raw = json.load(f)
-    raw["hidden"] = tuple(raw["hidden"])
-    cfg = SinusoidTrain(**raw)
-    template, _ = initial_state(cfg)
-    ckpt = Checkpointer(workdir)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first.")
-    state = ckpt.restore_latest(template)
-    ckpt.close()
-    return cfg, state
+    return restore_run(workdir, SinusoidTrain, lambda cfg: initial_state(cfg)[0])
 
 
 # Amplitudes are at most 5, so predicting 0 costs an MSE of at most 25 and even a
