@@ -9,6 +9,7 @@ newest checkpoint and produces exactly the run an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,10 +36,10 @@ OPERATIONAL_KEYS = frozenset(
         "checkpoint_every",
         "steps_per_call",
         "data_dir",
+        "val_episodes",  # changes what validation reports, not the training trajectory
         # Numerically equivalent formulations (same function, different programs).
         "conv",
         "task_parallel",
-        "val_episodes",
     }
 )
 
@@ -223,6 +224,8 @@ def run_training(
                     pending = None
                 ckpt.save(step, state)
                 if main and plot:
+                    from metajax.plots import plot_learning_curve  # plots imports runner
+
                     plot_learning_curve(workdir)
         if pending is not None:
             flush(*pending)
@@ -231,12 +234,6 @@ def run_training(
             bar.close()
         ckpt.close()
     return state
-
-
-def plot_learning_curve(workdir: str) -> str:
-    from metajax.plots import plot_learning_curve as plot_curve
-
-    return plot_curve(workdir)
 
 
 def restore_run(workdir: str, config_cls: type, make_template: Callable[[Any], Any]):
@@ -251,8 +248,6 @@ def restore_run(workdir: str, config_cls: type, make_template: Callable[[Any], A
     Returns:
       ``(config, state)``.
     """
-    import dataclasses
-
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no config.json in {workdir}: is it a metajax run directory?")

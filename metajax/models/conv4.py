@@ -3,8 +3,9 @@
 Architecture (Finn et al. 2017, following Vinyals et al. 2016): four blocks of
 [3x3 convolution with ``channels`` filters ("same" padding), batch norm, ReLU,
 2x2 max-pool], then a linear head. (ReLU is applied after the pool: the same
-function, since ReLU is monotone, without max-pool ties between ReLU zeros.) On 28x28 Omniglot the feature map goes
-28 -> 14 -> 7 -> 3 -> 1, so the head sees ``channels`` features.
+function, since ReLU is monotone, without max-pool ties between ReLU zeros.) On
+28x28 Omniglot the feature map goes 28 -> 14 -> 7 -> 3 -> 1, so the head sees
+``channels`` features.
 
 Batch norm is *transductive*, as in MAML: it normalises with the statistics of the
 batch it is applied to (the support set during adaptation, the query set when

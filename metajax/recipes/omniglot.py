@@ -148,9 +148,16 @@ def build_learner(cfg: OmniglotTrain):
     return factory(classifier_loss(cfg.conv), inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps)
 
 
-def load_images(cfg: OmniglotTrain, split: str) -> tuple[jax.Array, str]:
-    """The split's images on the device (``uint8 [classes, 20, 28, 28]``) and its checksum."""
-    data = omniglot_data.load_omniglot(cfg.data_dir)
+def load_images(
+    cfg: OmniglotTrain, split: str, data: omniglot_data.OmniglotData | None = None
+) -> tuple[jax.Array, str]:
+    """The split's images on the device (``uint8 [classes, 20, 28, 28]``) and its checksum.
+
+    Pass ``data`` (from :func:`~metajax.data.omniglot.load_omniglot`) to take several
+    splits from one read of the data set.
+    """
+    if data is None:
+        data = omniglot_data.load_omniglot(cfg.data_dir)
     if cfg.protocol == "maml":
         classes = omniglot_data.maml_split(data, split)
     else:
@@ -205,7 +212,8 @@ def train(cfg: OmniglotTrain) -> TrainState:
     cfg = cfg.resolved()
     learner = build_learner(cfg)
     state, outer = initial_state(cfg)
-    train_images, train_checksum = load_images(cfg, "train")
+    data = omniglot_data.load_omniglot(cfg.data_dir)
+    train_images, train_checksum = load_images(cfg, "train", data)
     step = make_train_step(
         learner,
         outer,
@@ -218,7 +226,7 @@ def train(cfg: OmniglotTrain) -> TrainState:
 
     eval_fn = None
     if cfg.eval_every:
-        val_images, _ = load_images(cfg, "val")
+        val_images, _ = load_images(cfg, "val", data)
         batch = min(cfg.val_episodes, 50)
         run = make_episode_eval(
             learner,
