@@ -3,7 +3,7 @@
 Architecture (Finn et al. 2017, following Vinyals et al. 2016): four blocks of
 [3x3 convolution with ``channels`` filters ("same" padding), batch norm, ReLU,
 2x2 max-pool], then a linear head. (ReLU is applied after the pool: the same
-function, since ReLU is monotone, without max-pool ties between ReLU zeros.) On
+function, since ReLU is monotone, and a quarter of the elementwise work.) On
 28x28 Omniglot the feature map goes 28 -> 14 -> 7 -> 3 -> 1, so the head sees
 ``channels`` features.
 
@@ -18,12 +18,7 @@ Convolution formulations (``conv=``), numerically the same function:
 * ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
   (adapted) weights, JAX turns this into a grouped convolution
   (``feature_group_count = tasks``); XLA:CPU runs those, and their gradients,
-  extremely slowly (jax-ml/jax#13800). **Known problem (jax 0.10.2, CPU):** under
-  ``vmap`` over tasks of the ``lax.scan`` inner loop, this formulation's adapted
-  outputs differ from the same computation done task by task
-  (``tests/test_conv4.py`` keeps a strict xfail); use ``"im2col"``, which matches
-  the task-by-task result and learn2learn's meta-gradient
-  (``benchmarks/check_against_peers.py``).
+  extremely slowly (jax-ml/jax#13800).
 * ``"im2col"``: the 3x3 patches are gathered with nine static slices of the padded
   input and contracted with the ``[9 * C_in, C_out]`` kernel by one matmul.
   Under ``vmap`` per-task weights become a *batched matmul*.
@@ -124,10 +119,23 @@ def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "im2col")
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool with stride 2 ("valid": odd sizes drop the last row/column)."""
+    """2x2 max-pool with stride 2 ("valid": odd sizes drop the last row/column).
+
+    Written as ``maximum`` of the four window corners, not as ``max`` over a
+    reshaped window axis: the gradient of a ``max`` reduction marks the winners by
+    testing ``x == max(x)``, and inside a jitted program XLA may recompute ``x``
+    (here, the batch-norm output) in a different fusion with different rounding, so
+    the test can match no element and the gradient becomes 0/0 or wrong. That
+    happened on XLA:CPU (jax 0.10.2): jitted conv4 gradients differed from eager
+    ones and from PyTorch's, NaN in float64. A chain of pairwise ``maximum`` always
+    sends each output's gradient to its window (``tests/test_conv4.py``).
+    """
     n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+    return jnp.maximum(
+        jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
+        jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]),
+    )
 
 
 def batch_norm(
@@ -197,9 +205,8 @@ def apply(
             example_mask=example_mask,
             stats=stats,
         )
-        # relu(pool(x)) == pool(relu(x)) exactly (ReLU is monotone), but pooling
-        # first avoids max-pool ties between ReLU zeros, whose gradient is
-        # ill-defined: with ties, jit and eager second-order gradients disagreed.
+        # relu(pool(x)) == pool(relu(x)) exactly (ReLU is monotone); pooling first
+        # avoids max-pool ties between ReLU zeros and applies ReLU to 4x fewer values.
         x = jax.nn.relu(max_pool_2x2(x))
     features = x.reshape(x.shape[0], -1)
     if return_features:
