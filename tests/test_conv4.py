@@ -148,3 +148,24 @@ def test_bad_image_rank_is_a_clear_error(setup):
     params, _ = setup
     with pytest.raises(ValueError, match=r"images \[N, H, W, C\]"):
         conv4.apply(params, jnp.zeros((28, 28, 1)))
+
+
+def test_population_stats_of_one_batch_are_its_batch_stats(setup):
+    params, images = setup
+    stats = conv4.population_stats(params, images[None])
+    np.testing.assert_allclose(
+        conv4.apply(params, images, batch_stats=stats), conv4.apply(params, images), atol=1e-5
+    )
+    # with fixed statistics an example's logits no longer depend on its batch
+    alone = conv4.apply(params, images[:3], batch_stats=stats)
+    np.testing.assert_allclose(alone, conv4.apply(params, images, batch_stats=stats)[:3], atol=1e-5)
+
+
+def test_population_variance_is_the_total_variance():
+    params = conv4.init(jax.random.key(0), ways=5, channels=4)
+    batches = jax.random.uniform(jax.random.key(1), (4, 6, 28, 28, 1))
+    stats = conv4.population_stats(params, batches)
+    # layer 0 sees the raw images: its population moments are those of all 24 images
+    all_at_once = conv4.population_stats(params, batches.reshape(1, 24, 28, 28, 1))
+    np.testing.assert_allclose(stats["bn0"][0], all_at_once["bn0"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["bn0"][1], all_at_once["bn0"][1], rtol=1e-4, atol=1e-6)

@@ -64,6 +64,35 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
     assert len(acc) == 3 and acc[-1] > 0.3 and acc[-1] > acc[0]
     assert result["split_checksum"] == omniglot.omniglot_data.EXPECTED_CHECKSUMS[("maml", "test")]
 
+    # Several settings through one padded program: the trained setting gives exactly
+    # the unpadded accuracies, and more shots help.
+    padded = omniglot.evaluate(
+        omniglot.OmniglotEval(workdir=workdir, episodes=40, batch=20, inner_steps=2, shots=(1, 3))
+    )
+    by_setting = {(r["ways"], r["shots"]): r for r in padded["settings"]}
+    assert sorted(by_setting) == [(5, 1), (5, 3)]
+    np.testing.assert_allclose(by_setting[(5, 1)]["accuracy_after_step"], acc, atol=1e-6)
+    assert by_setting[(5, 3)]["accuracy_after_step"][-1] > acc[-1]
+
+    # Non-transductive evaluation with population batch-norm statistics runs and
+    # differs from transductive evaluation. (Its accuracy after adaptation is near
+    # chance for a transductively trained model: experiments/omniglot/README.md.)
+    pop = omniglot.evaluate(
+        omniglot.OmniglotEval(
+            workdir=workdir,
+            episodes=40,
+            batch=20,
+            inner_steps=2,
+            batch_norm="population",
+            stats_batches=10,
+        )
+    )
+    assert pop["batch_norm"] == "population" and len(pop["accuracy_after_step"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in pop["accuracy_after_step"])
+    assert not np.allclose(pop["accuracy_after_step"], acc)
+    with pytest.raises(ValueError, match="head's size 5"):
+        omniglot.evaluate(omniglot.OmniglotEval(workdir=workdir, ways=(10,)))
+
 
 def test_resume_equals_uninterrupted(tmp_path):
     tiny = {**TINY, "channels": 8, "meta_batch": 4, "checkpoint_every": 4, "log_every": 4}

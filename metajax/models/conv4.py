@@ -11,7 +11,8 @@ Batch norm is *transductive*, as in MAML: it normalises with the statistics of t
 batch it is applied to (the support set during adaptation, the query set when
 evaluating), in training and at test time alike. ``example_mask`` excludes padded
 examples (weight 0) from those statistics, so padding changes nothing. Running
-statistics (non-transductive evaluation) can be passed with ``batch_stats=...``.
+statistics for non-transductive evaluation come from :func:`population_stats` and
+are passed with ``batch_stats=...``.
 
 Convolution formulations (``conv=``), numerically the same function:
 
@@ -155,16 +156,7 @@ def batch_norm(
         statistics.
       stats: optional ``(mean, var)`` to use instead of the batch statistics.
     """
-    if stats is not None:
-        mean, var = stats
-    elif example_mask is None:
-        mean = jnp.mean(x, axis=(0, 1, 2))
-        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-    else:
-        m = example_mask.astype(x.dtype)[:, None, None, None]
-        count = jnp.maximum(jnp.sum(m) * x.shape[1] * x.shape[2], 1.0)
-        mean = jnp.sum(x * m, axis=(0, 1, 2)) / count
-        var = jnp.sum(jnp.square(x - mean) * m, axis=(0, 1, 2)) / count
+    mean, var = _moments(x, example_mask) if stats is None else stats
     return (x - mean) * jax.lax.rsqrt(var + BN_EPS) * scale + bias
 
 
@@ -184,31 +176,77 @@ def apply(
       images: ``[N, H, W, C]`` float images.
       conv: convolution formulation (``"im2col"`` or ``"xla"``).
       example_mask: ``[N]`` bools excluding padding from batch-norm statistics.
-      batch_stats: ``{"bn0": (mean, var), ...}`` running statistics to use instead
-        of the batch's (non-transductive evaluation).
+      batch_stats: ``{"bn0": (mean, var), ...}`` fixed statistics to use instead of
+        the batch's (non-transductive evaluation; see :func:`population_stats`).
       return_features: return the ``[N, F]`` features before the head.
 
     Returns:
       ``[N, ways]`` logits (or features).
     """
+    features, _ = _forward(params, images, conv, example_mask, batch_stats)
+    if return_features:
+        return features
+    return features @ params["head"]["w"] + params["head"]["b"]
+
+
+def _forward(params, images, conv, example_mask, batch_stats):
+    """Features and the ``(mean, var)`` each batch-norm layer normalised with."""
     x = jnp.asarray(images)
     if x.ndim != 4:
         raise ValueError(f"conv4 expects images [N, H, W, C]; got shape {x.shape}.")
     blocks = sum(1 for k in params if k.startswith("conv"))
+    used = {}
     for i in range(blocks):
         x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], conv)
-        stats = None if batch_stats is None else batch_stats[f"bn{i}"]
-        x = batch_norm(
-            x,
-            params[f"bn{i}"]["scale"],
-            params[f"bn{i}"]["bias"],
-            example_mask=example_mask,
-            stats=stats,
-        )
+        if batch_stats is None:
+            stats = _moments(x, example_mask)
+        else:
+            stats = batch_stats[f"bn{i}"]
+        used[f"bn{i}"] = stats
+        x = batch_norm(x, params[f"bn{i}"]["scale"], params[f"bn{i}"]["bias"], stats=stats)
         # relu(pool(x)) == pool(relu(x)) exactly (ReLU is monotone); pooling first
         # avoids max-pool ties between ReLU zeros and applies ReLU to 4x fewer values.
         x = jax.nn.relu(max_pool_2x2(x))
-    features = x.reshape(x.shape[0], -1)
-    if return_features:
-        return features
-    return features @ params["head"]["w"] + params["head"]["b"]
+    return x.reshape(x.shape[0], -1), used
+
+
+def _moments(x: jax.Array, example_mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    if example_mask is None:
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        return mean, jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+    m = example_mask.astype(x.dtype)[:, None, None, None]
+    count = jnp.maximum(jnp.sum(m) * x.shape[1] * x.shape[2], 1.0)
+    mean = jnp.sum(x * m, axis=(0, 1, 2)) / count
+    return mean, jnp.sum(jnp.square(x - mean) * m, axis=(0, 1, 2)) / count
+
+
+def population_stats(
+    params: dict[str, Any], batches: ArrayLike, *, conv: ConvImpl = "im2col"
+) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Population batch-norm statistics of ``params`` over many batches ("precise BN").
+
+    Every batch is normalised with its own statistics, as in training; per layer,
+    the population mean is the mean of the batch means and the population variance
+    is the mean batch variance plus the variance of the batch means (the law of
+    total variance). This is the non-transductive alternative to batch statistics:
+    pass the result as ``apply(..., batch_stats=...)`` so each test example is
+    classified on its own. Unlike an exponential moving average gathered during
+    training, it is computed for the exact parameters it is used with (Wu & Johnson
+    2021, "Rethinking 'batch' in BatchNorm").
+
+    Args:
+      params: from :func:`init`.
+      batches: ``[B, N, H, W, C]`` images, ``B`` batches of ``N``.
+      conv: convolution formulation.
+
+    Returns:
+      ``{"bn0": (mean, var), ...}``.
+    """
+    batches = jnp.asarray(batches)
+    if batches.ndim != 5:
+        raise ValueError(f"batches must be [B, N, H, W, C]; got shape {batches.shape}.")
+    stats = jax.lax.map(lambda x: _forward(params, x, conv, None, None)[1], batches)
+    return {
+        name: (jnp.mean(mean, 0), jnp.mean(var, 0) + jnp.var(mean, 0))
+        for name, (mean, var) in stats.items()
+    }

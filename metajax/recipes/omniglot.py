@@ -31,14 +31,22 @@ from metajax.models import conv4
 from metajax.runner import restore_run, run_training
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
-Algorithm = Literal["maml", "fomaml", "anil", "meta-sgd", "reptile", "pretrain"]
+Algorithm = Literal[
+    "maml", "fomaml", "anil", "meta-sgd", "reptile", "pretrain", "maml++", "imaml", "protonet"
+]
+
+# Paper values (inner lr, inner steps, eval inner steps) where they differ from MAML's:
+# MAML++'s Omniglot configs (5 steps, initial per-step lr 0.1) and iMAML-GD's
+# released Omniglot command (16 steps, lr 0.1; lambda 2, 5 CG steps are imaml's defaults).
+_ALGORITHM_INNER_DEFAULTS = {"maml++": (0.1, 5, 5), "imaml": (0.1, 16, 16)}
 
 
 @dataclasses.dataclass(frozen=True)
 class OmniglotTrain:
     """Meta-train a conv4 learner on Omniglot N-way K-shot episodes.
 
-    Unset (``None``) hyperparameters take the MAML paper's value for the number of ways.
+    Unset (``None``) hyperparameters take the MAML paper's value for the number of ways
+    (inner lr and steps for ``maml++`` and ``imaml``: their papers' Omniglot values).
 
     Attributes:
       workdir: run directory (checkpoints, metrics, config); rerun to resume.
@@ -93,14 +101,15 @@ class OmniglotTrain:
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
         five = self.ways <= 5
+        lr, steps, eval_steps = _ALGORITHM_INNER_DEFAULTS.get(
+            self.algorithm, (0.4 if five else 0.1, 1 if five else 5, 3 if five else 5)
+        )
         return dataclasses.replace(
             self,
             queries=self.shots if self.queries is None else self.queries,
-            inner_lr=(0.4 if five else 0.1) if self.inner_lr is None else self.inner_lr,
-            inner_steps=(1 if five else 5) if self.inner_steps is None else self.inner_steps,
-            eval_inner_steps=(3 if five else 5)
-            if self.eval_inner_steps is None
-            else self.eval_inner_steps,
+            inner_lr=lr if self.inner_lr is None else self.inner_lr,
+            inner_steps=steps if self.inner_steps is None else self.inner_steps,
+            eval_inner_steps=eval_steps if self.eval_inner_steps is None else self.eval_inner_steps,
             meta_batch=(32 if five else 16) if self.meta_batch is None else self.meta_batch,
         )
 
@@ -117,6 +126,16 @@ class OmniglotEval:
       split: which split to evaluate on.
       seed: seed of the test episodes.
       batch: episodes per compiled call.
+      ways: evaluate these numbers of ways (default: as trained; at most the head's
+        size). Several settings (``--ways 3 5 --shots 1 5``) share one compiled
+        program: episodes are padded to the largest setting and padding has weight 0.
+      shots: evaluate these numbers of shots (default: as trained).
+      batch_norm: ``transductive`` (the paper's: each batch is normalised with its own
+        statistics) or ``population`` (non-transductive: fixed statistics of the
+        meta-parameters, :func:`~metajax.models.conv4.population_stats` over
+        ``stats_batches`` training-split support sets, so every query is classified
+        on its own).
+      stats_batches: support sets used for ``population`` statistics.
     """
 
     workdir: str = "runs/omniglot/maml-5w1s"
@@ -126,26 +145,60 @@ class OmniglotEval:
     split: Literal["test", "val"] = "test"
     seed: int = 2024
     batch: int = 50
+    ways: tuple[int, ...] | None = None
+    shots: tuple[int, ...] | None = None
+    batch_norm: Literal["transductive", "population"] = "transductive"
+    stats_batches: int = 500
 
 
-def classifier_loss(conv: conv4.ConvImpl):
+def classifier_loss(conv: conv4.ConvImpl, batch_stats=None):
     """``loss_fn(params, batch)`` of conv4: weighted cross-entropy, accuracy in aux.
 
     Padded examples (weight 0) are excluded from the batch-norm statistics too.
+    ``batch_stats`` (from :func:`~metajax.models.conv4.population_stats`) replaces
+    the batch statistics with fixed ones.
     """
 
     def loss_fn(params, batch):
-        logits = conv4.apply(params, batch.inputs, conv=conv, example_mask=batch.weights > 0)
+        logits = conv4.apply(
+            params,
+            batch.inputs,
+            conv=conv,
+            example_mask=batch.weights > 0,
+            batch_stats=batch_stats,
+        )
         loss = weighted_mean(softmax_cross_entropy(logits, batch.targets), batch.weights)
         return loss, {"accuracy": weighted_mean(accuracy(logits, batch.targets), batch.weights)}
 
     return loss_fn
 
 
-def build_learner(cfg: OmniglotTrain):
+def classifier_features(conv: conv4.ConvImpl, batch_stats=None):
+    """``embed_fn(params, batch)`` of conv4 for metric methods: the features before the head."""
+
+    def embed_fn(params, batch):
+        return conv4.apply(
+            params,
+            batch.inputs,
+            conv=conv,
+            example_mask=batch.weights > 0,
+            batch_stats=batch_stats,
+            return_features=True,
+        )
+
+    return embed_fn
+
+
+def build_learner(cfg: OmniglotTrain, batch_stats=None):
     cfg = cfg.resolved()
+    if cfg.algorithm == "protonet":
+        return algorithms.protonet(classifier_features(cfg.conv, batch_stats), num_classes=cfg.ways)
     factory = algorithms.ALGORITHMS[cfg.algorithm]
-    return factory(classifier_loss(cfg.conv), inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps)
+    return factory(
+        classifier_loss(cfg.conv, batch_stats),
+        inner_lr=cfg.inner_lr,
+        inner_steps=cfg.inner_steps,
+    )
 
 
 def load_images(
@@ -170,7 +223,11 @@ def initial_state(cfg: OmniglotTrain) -> tuple[TrainState, optax.GradientTransfo
     learner = build_learner(cfg)
     init_key, task_key = jax.random.split(jax.random.key(cfg.seed))
     params = conv4.init(init_key, ways=cfg.ways, channels=cfg.channels)
-    outer = optax.adam(cfg.outer_lr)
+    # MAML++ anneals the outer learning rate with a cosine to 1e-5 over the run.
+    lr = cfg.outer_lr
+    outer = optax.adam(
+        algorithms.cosine_outer_lr(lr, cfg.steps) if cfg.algorithm == "maml++" else lr
+    )
     return init_train_state(learner, params, outer, task_key), outer
 
 
@@ -188,6 +245,34 @@ def make_episode_eval(learner, *, ways, shots, queries, inner_steps):
     @jax.jit
     def run(meta_params, keys, images):
         tasks = jax.vmap(lambda k: sampler(k, images))(keys)
+        return eval_step(meta_params, tasks)["query_accuracy"]
+
+    return run
+
+
+def make_padded_episode_eval(learner, *, max_ways, max_shots, queries, inner_steps):
+    """Jitted ``(meta_params, keys [batch], images, ways, shots) -> accuracy [batch, steps + 1]``.
+
+    ``ways`` and ``shots`` are traced: every setting up to ``max_ways`` x ``max_shots``
+    runs in the same compiled program (padding has weight 0, excluded from losses,
+    accuracies and batch-norm statistics).
+    """
+    eval_step = make_eval_step(learner, inner_steps=inner_steps)
+
+    @jax.jit
+    def run(meta_params, keys, images, ways, shots):
+        tasks = jax.vmap(
+            lambda k: episodes.sample_episode_padded(
+                k,
+                images,
+                ways=ways,
+                shots=shots,
+                queries=queries,
+                max_ways=max_ways,
+                max_shots=max_shots,
+                max_queries=queries,
+            )
+        )(keys)
         return eval_step(meta_params, tasks)["query_accuracy"]
 
     return run
@@ -273,39 +358,109 @@ def load_run(workdir: str) -> tuple[OmniglotTrain, TrainState]:
 
 
 def evaluate(cfg: OmniglotEval) -> dict:
-    """Test accuracy with 95% CI after each inner step; writes ``eval_<split>.json``."""
+    """Test accuracy with 95% CI after each inner step; writes ``eval_<split>.json``.
+
+    With one setting (the default: the trained ways and shots) the result is one
+    record; with several (``ways``/``shots`` lists) it has a ``settings`` list of
+    records, all computed by one compiled program.
+    """
     train_cfg, state = load_run(cfg.workdir)
     train_cfg = train_cfg.resolved()
-    learner = build_learner(train_cfg)
-    images, checksum = load_images(train_cfg, cfg.split)
+    ways_list = (train_cfg.ways,) if cfg.ways is None else tuple(cfg.ways)
+    shots_list = (train_cfg.shots,) if cfg.shots is None else tuple(cfg.shots)
+    if max(ways_list) > train_cfg.ways or min(ways_list) < 2:
+        raise ValueError(
+            f"ways must be between 2 and the head's size {train_cfg.ways} (the run was "
+            f"trained {train_cfg.ways}-way); got {ways_list}."
+        )
+    if min(shots_list) < 1:
+        raise ValueError(f"shots must be >= 1; got {shots_list}.")
+    data = omniglot_data.load_omniglot(train_cfg.data_dir)
+    images, checksum = load_images(train_cfg, cfg.split, data)
     queries = train_cfg.queries if cfg.queries is None else cfg.queries
     steps = train_cfg.eval_inner_steps if cfg.inner_steps is None else cfg.inner_steps
-    run = make_episode_eval(
-        learner, ways=train_cfg.ways, shots=train_cfg.shots, queries=queries, inner_steps=steps
-    )
-    acc = episode_accuracy(
-        run, state.meta_params, images, episodes_count=cfg.episodes, batch=cfg.batch, seed=cfg.seed
-    )
-    mean = acc.mean(0)
-    ci = 1.96 * acc.std(0, ddof=1) / np.sqrt(acc.shape[0])
+    if images.shape[1] < max(shots_list) + queries:
+        raise ValueError(
+            f"shots + queries = {max(shots_list)} + {queries} exceeds the "
+            f"{images.shape[1]} drawings per class."
+        )
+
+    batch_stats = None
+    if cfg.batch_norm == "population":
+        train_images, _ = load_images(train_cfg, "train", data)
+        keys = jax.random.split(jax.random.key(cfg.seed + 1), cfg.stats_batches)
+        support = jax.vmap(
+            lambda k: (
+                episodes.sample_episode(
+                    k, train_images, ways=train_cfg.ways, shots=train_cfg.shots, queries=0
+                ).support.inputs
+            )
+        )(keys)
+        batch_stats = conv4.population_stats(state.meta_params, support, conv=train_cfg.conv)
+    learner = build_learner(train_cfg, batch_stats)
+
+    settings = [(w, k) for w in ways_list for k in shots_list]
+    if settings == [(train_cfg.ways, train_cfg.shots)]:
+        plain = make_episode_eval(
+            learner, ways=train_cfg.ways, shots=train_cfg.shots, queries=queries, inner_steps=steps
+        )
+        runs = {settings[0]: plain}
+    else:
+        padded = make_padded_episode_eval(
+            learner,
+            max_ways=max(ways_list),
+            max_shots=max(shots_list),
+            queries=queries,
+            inner_steps=steps,
+        )
+        runs = {
+            (w, k): (lambda p, keys, x, w=w, k=k: padded(p, keys, x, w, k)) for w, k in settings
+        }
+
+    records = []
+    for (ways, shots), run in runs.items():
+        acc = episode_accuracy(
+            run,
+            state.meta_params,
+            images,
+            episodes_count=cfg.episodes,
+            batch=cfg.batch,
+            seed=cfg.seed,
+        )
+        mean = acc.mean(0)
+        ci = 1.96 * acc.std(0, ddof=1) / np.sqrt(acc.shape[0])
+        records.append(
+            {
+                "ways": ways,
+                "shots": shots,
+                "accuracy_after_step": [float(m) for m in mean],
+                "ci95_after_step": [float(c) for c in ci],
+            }
+        )
+        for k, (m, c) in enumerate(zip(mean, ci)):
+            print(
+                f"{ways}-way {shots}-shot {cfg.split} accuracy after {k} inner step(s): "
+                f"{100 * m:.2f} ± {100 * c:.2f}%  ({cfg.episodes} episodes, "
+                f"{cfg.batch_norm} batch norm)"
+            )
+
     result = {
         "workdir": cfg.workdir,
         "algorithm": train_cfg.algorithm,
-        "ways": train_cfg.ways,
-        "shots": train_cfg.shots,
+        "trained_ways": train_cfg.ways,
+        "trained_shots": train_cfg.shots,
         "queries_per_class": queries,
         "meta_steps": int(state.step),
         "split": cfg.split,
         "split_checksum": checksum,
         "episodes": cfg.episodes,
-        "accuracy_after_step": [float(m) for m in mean],
-        "ci95_after_step": [float(c) for c in ci],
+        "batch_norm": cfg.batch_norm,
     }
-    with open(os.path.join(cfg.workdir, f"eval_{cfg.split}.json"), "w") as f:
+    if len(records) == 1:
+        result.update(records[0])
+    else:
+        result["settings"] = records
+    suffix = "" if cfg.batch_norm == "transductive" else f"_{cfg.batch_norm}"
+    with open(os.path.join(cfg.workdir, f"eval_{cfg.split}{suffix}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    for k, (m, c) in enumerate(zip(mean, ci)):
-        print(
-            f"{train_cfg.ways}-way {train_cfg.shots}-shot {cfg.split} accuracy after {k} "
-            f"inner step(s): {100 * m:.2f} ± {100 * c:.2f}%  ({cfg.episodes} episodes)"
-        )
     return result
