@@ -10,6 +10,11 @@ Usage:
   python benchmarks/omniglot_vs_peers.py --workloads W1-so-1step W2-so-1step \\
       --peers learn2learn --iters 5 --out benchmarks/results/omniglot_vs_peers.jsonl
 
+metajax's worker calls :func:`metajax.tune_host_allocator` (see :mod:`metajax.runtime`:
+without it every step page-faults its temporary buffers afresh). For a fair
+comparison the peers run both with glibc's default allocator and with the same
+tuning through glibc's environment variables (``--peer-allocator``).
+
 Needs the ``peers`` extra for the PyTorch side (see ``benchmarks/peers/README.md``);
 ``--peers`` with no names times metajax alone.
 """
@@ -29,7 +34,13 @@ sys.path.insert(0, os.path.join(HERE, "peers"))
 
 
 def time_metajax(
-    workload_name: str, *, warmup: int, iters: int, conv: str, task_parallel: str = "vmap"
+    workload_name: str,
+    *,
+    warmup: int,
+    iters: int,
+    conv: str,
+    task_parallel: str = "vmap",
+    tune_allocator: bool = True,
 ) -> dict:
     """Times metajax's jitted train step on one workload, in this process."""
     import resource
@@ -44,6 +55,7 @@ def time_metajax(
     from metajax.models import conv4
     from metajax.recipes.omniglot import classifier_loss
 
+    tuned = mj.tune_host_allocator() if tune_allocator else False
     w = get_workload(workload_name)
     if w["family"] != "omniglot":
         raise ValueError("this script times the Omniglot workloads (W1, W2)")
@@ -98,6 +110,7 @@ def time_metajax(
         "peer": "metajax",
         "workload": workload_name,
         "conv": conv,
+        "allocator": "tuned" if tuned else "default",
         "task_parallel": task_parallel,
         "sec_per_step_median": med,
         "sec_per_step_iqr": float(q75 - q25),
@@ -112,7 +125,9 @@ def time_metajax(
     }
 
 
-def run_metajax_isolated(workload: str, *, warmup: int, iters: int, conv: str) -> dict:
+def run_metajax_isolated(
+    workload: str, *, warmup: int, iters: int, conv: str, task_parallel: str, tune_allocator: bool
+) -> dict:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -124,12 +139,34 @@ def run_metajax_isolated(workload: str, *, warmup: int, iters: int, conv: str) -
         str(iters),
         "--conv",
         conv,
+        "--task-parallel",
+        task_parallel,
     ]
+    if not tune_allocator:
+        cmd.append("--default-allocator")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     return {"peer": "metajax", "workload": workload, "error": proc.stderr[-2000:]}
+
+
+#: glibc's environment equivalent of metajax.tune_host_allocator, for the peers.
+TUNED_ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+
+
+def run_peer_isolated(peer: str, workload: str, *, warmup: int, iters: int, tuned: bool) -> dict:
+    from torch_peers import run_isolated
+
+    saved = dict(os.environ)
+    if tuned:
+        os.environ.update(TUNED_ALLOCATOR_ENV)
+    try:
+        result = run_isolated(peer, workload, warmup=warmup, iters=iters)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {**result, "allocator": "tuned" if tuned else "default"}
 
 
 def main(argv=None) -> int:
@@ -145,25 +182,55 @@ def main(argv=None) -> int:
         default=["vmap"],
         help="metajax task-parallel modes to time: vmap, map, or a chunk size",
     )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="do not call metajax.tune_host_allocator in the metajax worker",
+    )
+    parser.add_argument(
+        "--peer-allocator",
+        choices=["default", "tuned", "both"],
+        default="both",
+        help="run the peers with glibc's default allocator, with the same tuning as "
+        "metajax (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), or both",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(
-            json.dumps(
-                time_metajax(args.worker, warmup=args.warmup, iters=args.iters, conv=args.conv)
-            )
+        mode = args.task_parallel[0]
+        record = time_metajax(
+            args.worker,
+            warmup=args.warmup,
+            iters=args.iters,
+            conv=args.conv,
+            task_parallel=mode,
+            tune_allocator=not args.default_allocator,
         )
+        print(json.dumps(record))
         return 0
 
+    peer_modes = {"default": [False], "tuned": [True], "both": [False, True]}[args.peer_allocator]
     results = []
     for workload in args.workloads:
-        row = [run_metajax_isolated(workload, warmup=args.warmup, iters=args.iters, conv=args.conv)]
-        if args.peers:
-            from torch_peers import run_isolated
-
-            for peer in args.peers:
-                row.append(run_isolated(peer, workload, warmup=args.warmup, iters=args.iters))
+        row = [
+            run_metajax_isolated(
+                workload,
+                warmup=args.warmup,
+                iters=args.iters,
+                conv=args.conv,
+                task_parallel=mode,
+                tune_allocator=not args.default_allocator,
+            )
+            for mode in args.task_parallel
+        ]
+        for peer in args.peers or []:
+            for tuned in peer_modes:
+                row.append(
+                    run_peer_isolated(
+                        peer, workload, warmup=args.warmup, iters=args.iters, tuned=tuned
+                    )
+                )
         results.extend(row)
     machine = {
         "machine": platform.processor() or platform.machine(),
@@ -196,8 +263,12 @@ def main(argv=None) -> int:
                 if r["peer"] == "metajax"
                 else f"{r.get('lib_version', '')}"
             )
+            library = r["peer"]
+            if r["peer"] == "metajax" and r.get("task_parallel", "vmap") != "vmap":
+                library += f" (task_parallel={r['task_parallel']})"
+            library += f", {r.get('allocator', 'default')} allocator"
             print(
-                f"| {workload} | {r['peer']} | {r['sec_per_step_median']:.3f} "
+                f"| {workload} | {library} | {r['sec_per_step_median']:.3f} "
                 f"(±{r['sec_per_step_iqr']:.3f}) | {r['tasks_per_s']:.1f} | "
                 f"{r['peak_rss_mb']:.0f} | "
                 f"{'' if r['peer'] == 'metajax' or ratio is None else f'{ratio:.2f}x'} "
