@@ -11,7 +11,7 @@ Example:
   >>> step = mj.make_train_step(maml, optax.adam(1e-3))
 """
 
-from metajax import inner, losses, runner
+from metajax import inner, losses, parallel, runner
 from metajax.algorithms import (
     ALGORITHMS,
     MetaLearner,
@@ -74,6 +74,7 @@ __all__ = [
     "masked_token_loss",
     "maml",
     "meta_sgd",
+    "parallel",
     "pretrain",
     "repeat_step",
     "reptile",

@@ -40,6 +40,7 @@ OPERATIONAL_KEYS = frozenset(
         # Numerically equivalent formulations (same function, different programs).
         "conv",
         "task_parallel",
+        "devices",
     }
 )
 

@@ -25,6 +25,7 @@ import optax
 
 from metajax.algorithms.base import MetaLearner
 from metajax.losses import weighted_mean
+from metajax.parallel import shard_tasks
 from metajax.tasks import Task
 
 TaskSampler = Callable[[jax.Array], Task]
@@ -134,7 +135,9 @@ def make_train_step(
       ``meta_loss``, ``query_loss`` (after adaptation), ``query_loss_pre``
       (before), the same for every metric of the task loss (e.g.
       ``query_accuracy``), ``support_loss`` and ``grad_norm``; all are
-      task-weighted means.
+      task-weighted means. Traced under a mesh with a ``"tasks"`` axis
+      (:func:`metajax.parallel.shard_train_step`), the step shards the task axis
+      over it, padding the batch with weightless tasks to a multiple of its size.
 
     Example:
       >>> step = jax.jit(make_train_step(mj.maml(loss_fn), optax.adam(1e-3)), donate_argnums=0)
@@ -166,6 +169,8 @@ def make_train_step(
             raise ValueError(
                 f"task_weights must have shape [tasks] = ({n_tasks},); got {task_weights.shape}."
             )
+        # Under a mesh with a "tasks" axis: pad with weightless tasks and shard (parallel.py).
+        tasks, task_weights = shard_tasks(tasks, task_weights)
         losses, aux, grads = map_tasks(
             lambda task: per_task(state.meta_params, task), tasks, task_parallel
         )
@@ -188,6 +193,10 @@ def make_train_step(
 
     def sampled_step(state: TrainState, *sampler_args, task_weights=None):
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch)
+        if task_weights is None:
+            task_weights = jnp.ones((meta_batch,), jnp.float32)
+        # Sharding the keys makes each device draw only its own tasks.
+        keys, task_weights = shard_tasks(keys, task_weights)
         tasks = jax.vmap(lambda key: sample_tasks(key, *sampler_args))(keys)
         return update(state, tasks, task_weights)
 

@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metajax import algorithms
+from metajax import algorithms, parallel
 from metajax.data.sinusoid import SinusoidDistribution, sinusoid
 from metajax.losses import make_loss, squared_error
 from metajax.models.mlp import MLP
-from metajax.runner import restore_run, run_training
+from metajax.runner import is_main_process, restore_run, run_training
 from metajax.train import (
     TrainState,
     init_train_state,
@@ -58,6 +58,9 @@ class SinusoidTrain:
       eval_every: validation period (steps; 0 disables).
       checkpoint_every: checkpoint period (steps).
       progress: show a progress bar.
+      devices: devices the task batch is sharded over (``metajax.parallel``): 0 for
+        every device (one CPU, 8 simulated CPUs, a GPU, all TPU cores), 1 for a single
+        one. A meta-batch that does not divide them is padded with weightless tasks.
     """
 
     workdir: str = "runs/sinusoid/maml"
@@ -76,6 +79,7 @@ class SinusoidTrain:
     eval_every: int = 10_000
     checkpoint_every: int = 10_000
     progress: bool = True
+    devices: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +128,28 @@ def train(cfg: SinusoidTrain) -> TrainState:
     _, _, learner, dist = build(cfg)
     state, outer = initial_state(cfg)
     sample = lambda key: dist.sample_task(key, shots=cfg.shots, queries=cfg.queries)
-    step = make_train_step(learner, outer, sample_tasks=sample, meta_batch=cfg.meta_batch)
-    train_step = jit_train_step(repeat_step(step, cfg.steps_per_call))
-
+    step = repeat_step(
+        make_train_step(learner, outer, sample_tasks=sample, meta_batch=cfg.meta_batch),
+        cfg.steps_per_call,
+    )
     eval_step = jax.jit(make_eval_step(learner, inner_steps=max(cfg.inner_steps, 1)))
     val_tasks = jax.vmap(lambda k: dist.sample_task(k, shots=cfg.shots, queries=100))(
         jax.random.split(jax.random.key(cfg.seed + 1_000_003), 200)
     )
+    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
+    if num_devices > 1:
+        mesh = parallel.make_mesh(num_devices)
+        padded = parallel.padded_size(cfg.meta_batch, num_devices)
+        if padded != cfg.meta_batch and is_main_process():
+            print(
+                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
+                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
+                flush=True,
+            )
+        train_step = parallel.shard_train_step(step, mesh)
+        state, val_tasks = parallel.replicate((state, val_tasks), mesh)
+    else:
+        train_step = jit_train_step(step)
 
     def eval_fn(state):
         metrics = eval_step(state.meta_params, val_tasks)

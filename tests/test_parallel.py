@@ -1,0 +1,179 @@
+"""Sharding over devices and processes (metajax.parallel).
+
+The multi-device checks need a JAX that starts with several devices, so they run the
+scripts in ``tests/multidevice/`` in fresh processes: one process with 8 simulated CPU
+devices, and two processes on localhost joined by ``jax.distributed`` (2 CPU devices
+each, gloo collectives). Each compares the sharded step with the single-device step.
+The tests in this process use its one device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from metajax import parallel
+
+HELPERS = Path(__file__).resolve().parent / "multidevice"
+ROOT = HELPERS.parents[1]
+TIMEOUT_S = 300
+# Compile faster: these tests compare programs with each other, not with other flags.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+EIGHT_DEVICE_CHECKS = [
+    "check_explicit_batch_equals_single_device_and_is_padded",
+    "check_explicit_batch_is_sharded",
+    "check_sampler_step_equals_single_device_and_is_padded_and_sharded",
+    "check_cli_runs_on_all_devices",
+]
+
+
+def _env(num_devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def eight_device_results():
+    """Runs every check of ``sharded_step.py`` once, in one process with 8 devices."""
+    command = [sys.executable, str(HELPERS / "sharded_step.py")]
+    try:
+        out = subprocess.run(
+            command, env=_env(8), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"{command} timed out after {TIMEOUT_S} s; stderr:\n{_tail(stderr)}")
+    lines = out.stdout.strip().splitlines()
+    try:
+        results = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(
+            f"{command} exited with {out.returncode} without a result line.\n"
+            f"stdout:\n{_tail(out.stdout)}\nstderr:\n{_tail(out.stderr)}"
+        )
+    assert sorted(results) == sorted(EIGHT_DEVICE_CHECKS), "update EIGHT_DEVICE_CHECKS"
+    return results, out.stderr
+
+
+@pytest.mark.multidevice
+@pytest.mark.parametrize("check", EIGHT_DEVICE_CHECKS)
+def test_on_eight_devices(eight_device_results, check):
+    results, stderr = eight_device_results
+    assert results[check] == "ok", f"{results[check]}\nhelper stderr:\n{_tail(stderr)}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multidevice
+def test_two_processes_equal_one_process(tmp_path):
+    """Two ``jax.distributed`` processes x 2 CPU devices give one process's result.
+
+    The script itself compares with process 0 alone on one device, checks that only
+    process 0 wrote metrics, and saves, restores and resumes a checkpoint on both.
+    """
+    port = _free_port()
+    procs, logs = [], []
+    for process_id in (0, 1):
+        log = open(tmp_path / f"process{process_id}.log", "w+")
+        command = [
+            sys.executable,
+            str(HELPERS / "two_processes.py"),
+            f"--process-id={process_id}",
+            "--num-processes=2",
+            f"--port={port}",
+            f"--workdir={tmp_path}",
+        ]
+        procs.append(
+            subprocess.Popen(command, env=_env(2), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        )
+        logs.append(log)
+    failures = []
+    try:
+        # Poll both: if one fails, the other would wait for it until JAX's own timeout.
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                break
+            time.sleep(0.2)
+        for process_id, proc in enumerate(procs):
+            code = proc.poll()
+            if code is None:
+                code = "killed (timed out, or the other process failed)"
+            if code != 0:
+                failures.append((process_id, code))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
+    if failures:
+        report = "\n".join(
+            f"--- process {i} (exit {code}) ---\n{_tail(outputs[i])}" for i, code in failures
+        )
+        pytest.fail(f"two-process run failed (port {port}):\n{report}")
+    reports = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in (0, 1)]
+    for i, report in enumerate(reports):
+        assert report["process_id"] == i and report["process_count"] == 2
+        assert report["device_count"] == 4 and report["local_device_count"] == 2
+        assert report["final_step"] == 6
+    # 6 tasks padded to 8 over 4 devices: each process sampled only its 4 rows.
+    assert reports[0]["task_indices"] == [0, 1, 2, 3]
+    assert reports[1]["task_indices"] == [4, 5, 0, 1]
+    assert reports[1]["task_weights"] == [1.0, 1.0, 0.0, 0.0]
+
+
+# --- in this process (one device) ---------------------------------------------------
+
+
+def test_pad_tasks_repeats_tasks_with_zero_weight():
+    tasks = {"support": np.arange(10.0).reshape(5, 2), "query": np.arange(5.0)}
+    padded, weights = parallel.pad_tasks(tasks, np.arange(1.0, 6.0), multiple=4)
+    assert padded["support"].shape == (8, 2) and parallel.padded_size(5, 4) == 8
+    np.testing.assert_array_equal(weights, [1, 2, 3, 4, 5, 0, 0, 0])
+    np.testing.assert_array_equal(padded["query"], [0, 1, 2, 3, 4, 0, 1, 2])
+    same, ones = parallel.pad_tasks(tasks, multiple=5)
+    assert same is tasks and ones.shape == (5,)
+    with pytest.raises(ValueError, match="task_weights"):
+        parallel.pad_tasks(tasks, np.ones(4), multiple=2)
+
+
+def test_make_mesh_and_process_tasks_on_one_device():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("tasks",) and mesh.size == jax.device_count()
+    with pytest.raises(ValueError, match="devices"):
+        parallel.make_mesh(jax.device_count() + 1)
+    with pytest.raises(ValueError, match="AxisType.Auto"):  # jax.make_mesh's default axes
+        parallel.shard_train_step(lambda state: state, jax.make_mesh((1,), ("tasks",)))
+    indices, weights = parallel.process_tasks(5, parallel.make_mesh(1))
+    np.testing.assert_array_equal(indices, np.arange(5))
+    np.testing.assert_array_equal(weights, np.ones(5))
+
+
+def test_shard_tasks_is_the_identity_without_a_mesh():
+    tasks, weights = {"x": np.zeros((3, 2))}, None
+    assert parallel.shard_tasks(tasks, weights) == (tasks, weights)
