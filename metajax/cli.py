@@ -10,6 +10,8 @@ Examples:
   metajax train omniglot --ways 5 --shots 1 --algorithm maml
   metajax eval omniglot --workdir runs/omniglot/maml-5w1s
   metajax download omniglot --data-dir ~/data
+  metajax train nav2d --steps 500 --workdir runs/nav2d/maml
+  metajax eval nav2d --workdirs runs/nav2d/maml runs/nav2d/pretrain
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
     "train": {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidTrain", "train"),
         "omniglot": ("metajax.recipes.omniglot", "OmniglotTrain", "train"),
+        "nav2d": ("metajax.recipes.nav2d", "Nav2DTrain", "train"),
+        "bandit": ("metajax.recipes.bandit", "BanditTrain", "train"),
     },
     "eval": {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidEval", "evaluate"),
         "omniglot": ("metajax.recipes.omniglot", "OmniglotEval", "evaluate"),
+        "nav2d": ("metajax.recipes.nav2d", "Nav2DEval", "evaluate"),
+        "bandit": ("metajax.recipes.bandit", "BanditEval", "evaluate"),
     },
     "download": {
         "omniglot": ("metajax.recipes.downloads", "OmniglotDownload", "download"),

@@ -1,0 +1,632 @@
+"""Meta-reinforcement learning: rollouts, baselines, policy-gradient losses, MAML-RL.
+
+Everything is a pure function of pytrees, so one jitted program samples
+trajectories, fits baselines, adapts the policy and takes the outer step:
+
+* :func:`rollout` plays one episode with ``lax.scan`` over time; vmap it over
+  trajectories (:func:`sample_trajectories`) and over tasks at the call site. An
+  environment follows the gymnax API without auto-reset:
+  ``reset(key, params) -> (obs, state)``,
+  ``step(key, state, action, params) -> (obs, state, reward, done, info)``; its
+  ``params`` are the task. Steps after ``done`` are still computed (fixed shapes)
+  but get mask 0, so every loss is the core's masked per-sample loss
+  (:func:`metajax.losses.weighted_mean` with the episode masks as weights).
+* :func:`discounted_returns`, :func:`linear_feature_baseline` (rllab's linear
+  feature baseline, ridge least squares per task) and :func:`compute_advantages`.
+* :func:`reinforce_loss` (the score-function surrogate) and :func:`dice_loss`
+  (the same first derivative, and unbiased higher derivatives).
+* :func:`maml_rl` (MAML with policy-gradient inner and outer updates) and
+  :func:`pretrain_rl` (one policy trained by policy gradient on every task), both
+  pluggable into :func:`metajax.make_train_step` with sampled :class:`RLTask` s.
+
+How the MAML-RL meta-gradient is estimated. The per-task objective is
+``J_out(theta')`` with ``theta' = theta + alpha * grad J_in(theta)`` (ProMP's
+"formulation II"), and its gradient is
+``(I + alpha * hess J_in(theta)) grad J_out(theta')``. ``jax.grad`` differentiates the
+outer surrogate through the inner update, so what matters is that the inner
+surrogate's *gradient of the gradient* estimates ``hess J_in`` without bias. The
+plain REINFORCE surrogate ``mean(log pi * A)`` (the original MAML code) gives only
+``E[hess(log pi) A]`` and drops ``E[grad(log pi) grad(log pi)^T A]``, the part that
+comes from the pre-update trajectories being sampled from ``pi_theta``. With
+``meta_gradient="dice"`` (default) the inner surrogate is loaded DiCE
+(Farquhar et al. 2019) with ``lambda = 1``:
+
+.. math::
+
+   L_\\text{in}(\\theta) = -\\frac{\\sum_{i,t} m_{it}\\,(\\square(S_{it}) - \\square(S_{i,t-1}))
+   A_{it}}{\\sum_{i,t} m_{it}},\\quad S_{it} = \\sum_{t' \\le t} m_{it'}
+   \\log\\pi_\\theta(a_{it'}|s_{it'}),\\quad \\square(x) = e^{x - \\perp(x)},
+
+whose value is 0, whose gradient is the REINFORCE-with-baseline gradient, and whose
+Hessian is ``sum_t A_t (hess log pi_t + grad S_t grad S_t^T - grad S_{t-1} grad
+S_{t-1}^T)``, unbiased for the Hessian of the expected return (up to the baseline
+and the per-step discounting of the advantages). ``meta_gradient="maml"`` uses the
+plain surrogate (the paper's estimator) and ``"first_order"`` stops the inner
+gradient. The E-MAML term ``E[J_out grad log p(tau_pre)]`` of "formulation I" is not
+added.
+
+The outer surrogate is the REINFORCE loss on post-adaptation trajectories with
+Adam in the recipe (the paper used TRPO). With one gradient step per sampled batch a
+PPO-clipped surrogate has exactly this gradient (its ratio is 1 at the sampling
+parameters), so clipping would change nothing here.
+
+References:
+  Finn, Abbeel, Levine, "Model-Agnostic Meta-Learning", ICML 2017 (sec. 5.3).
+  Foerster et al., "DiCE: The Infinitely Differentiable Monte Carlo Estimator", 2018.
+  Farquhar et al., "Loaded DiCE: Trading off Bias and Variance in Any-Order Score
+  Function Estimators for Reinforcement Learning", NeurIPS 2019.
+  Rothfuss et al., "ProMP: Proximal Meta-Policy Search", ICLR 2019.
+  Duan et al., "Benchmarking Deep RL for Continuous Control" (rllab), ICML 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from metajax.losses import weighted_mean
+from metajax.models.mlp import MLP
+
+Params = Any
+MetaGradient = Literal["dice", "maml", "first_order"]
+
+
+# --------------------------------------------------------------------------- policies
+
+
+class Policy(NamedTuple):
+    """A stochastic policy as pure functions.
+
+    Attributes:
+      init: ``key -> params``.
+      sample: ``(params, obs, key) -> action`` for one observation.
+      log_prob: ``(params, obs, action) -> log pi(action | obs)``; broadcasts over
+        leading axes of ``obs`` and ``action``.
+      mean: ``(params, obs) -> the deterministic (mean) action``.
+    """
+
+    init: Callable[[jax.Array], Params]
+    sample: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    log_prob: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    mean: Callable[[Params, jax.Array], jax.Array]
+
+
+def gaussian_mlp_policy(
+    observation_size: int,
+    action_size: int,
+    hidden: Sequence[int] = (100, 100),
+    *,
+    action_scale: float = 1.0,
+    init_log_std: float = 0.0,
+) -> Policy:
+    """A diagonal Gaussian policy: ReLU MLP mean and a learned, state-independent log-std.
+
+    ``action = action_scale * (mlp(obs) + exp(log_std) * noise)``: with
+    ``action_scale = max_speed`` this is rllab's ``normalize`` wrapper (the network
+    acts in ``[-1, 1]`` units), as in the MAML paper's code. Log-probabilities are
+    of the scaled action; the scale shifts them by a constant only.
+
+    Args:
+      observation_size: observation width.
+      action_size: action width.
+      hidden: hidden widths (paper: 100, 100).
+      action_scale: factor from network units to environment units.
+      init_log_std: initial log standard deviation (network units).
+
+    Returns:
+      A :class:`Policy` with params ``{"mlp": ..., "log_std": [action_size]}``.
+    """
+    model = MLP(hidden=tuple(hidden), outputs=action_size)
+
+    def init(key):
+        mlp = model.init(key, jnp.zeros((1, observation_size), jnp.float32))
+        return {"mlp": mlp, "log_std": jnp.full((action_size,), init_log_std, jnp.float32)}
+
+    def mean(params, obs):
+        return action_scale * model.apply(params["mlp"], obs)
+
+    def sample(params, obs, key):
+        std = action_scale * jnp.exp(params["log_std"])
+        return mean(params, obs) + std * jax.random.normal(key, (action_size,), jnp.float32)
+
+    def log_prob(params, obs, action):
+        log_std = params["log_std"] + math.log(action_scale)
+        z = (action - mean(params, obs)) * jnp.exp(-log_std)
+        return jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
+
+    return Policy(init, sample, log_prob, mean)
+
+
+def categorical_mlp_policy(
+    observation_size: int, num_actions: int, hidden: Sequence[int] = (32,)
+) -> Policy:
+    """A softmax policy over ``num_actions`` discrete actions with ReLU MLP logits.
+
+    Actions are int32 scalars; ``mean`` returns the most likely action.
+    """
+    model = MLP(hidden=tuple(hidden), outputs=num_actions)
+
+    def init(key):
+        return {"mlp": model.init(key, jnp.zeros((1, observation_size), jnp.float32))}
+
+    def logits(params, obs):
+        return model.apply(params["mlp"], obs)
+
+    def sample(params, obs, key):
+        return jax.random.categorical(key, logits(params, obs)).astype(jnp.int32)
+
+    def log_prob(params, obs, action):
+        log_probs = jax.nn.log_softmax(logits(params, obs), axis=-1)
+        return jnp.take_along_axis(log_probs, jnp.asarray(action)[..., None], axis=-1)[..., 0]
+
+    def mean(params, obs):
+        return jnp.argmax(logits(params, obs), axis=-1).astype(jnp.int32)
+
+    return Policy(init, sample, log_prob, mean)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectory:
+    """One episode (or a batch of them, with leading axes), padded to ``horizon`` steps.
+
+    Attributes:
+      observations: ``[T, obs]`` the observation each action was taken in.
+      actions: ``[T, act]``.
+      rewards: ``[T]``, 0 at masked steps.
+      masks: ``[T]`` 1 for steps taken before the episode ended (the step that ends
+        it included), 0 after.
+      dones: ``[T]`` 1 at the step that ended the episode.
+      log_probs: ``[T]`` log-probabilities under the sampling parameters (constants).
+    """
+
+    observations: Any
+    actions: Any
+    rewards: Any
+    masks: Any
+    dones: Any
+    log_probs: Any
+
+    def replace(self, **changes) -> Trajectory:
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    Trajectory,
+    data_fields=["observations", "actions", "rewards", "masks", "dones", "log_probs"],
+    meta_fields=[],
+)
+
+
+def rollout(
+    env: Any,
+    policy: Policy,
+    params: Params,
+    env_params: Any,
+    key: jax.Array,
+    horizon: int,
+) -> Trajectory:
+    """Plays one episode of at most ``horizon`` steps (``lax.scan`` over time).
+
+    The environment keeps being stepped after ``done`` (fixed shapes); those steps
+    get mask 0 and reward 0. Sampling does not differentiate: recompute
+    ``policy.log_prob`` from the returned observations and actions for a loss.
+
+    Args:
+      env: an environment with ``reset``/``step`` (see the module docstring).
+      policy: the :class:`Policy`.
+      params: policy parameters.
+      env_params: the task.
+      key: a PRNG key.
+      horizon: number of steps (a static int).
+
+    Returns:
+      A :class:`Trajectory` whose leaves have a leading ``[horizon]`` axis.
+    """
+    params = jax.lax.stop_gradient(params)
+    reset_key, steps_key = jax.random.split(key)
+    obs, state = env.reset(reset_key, env_params)
+
+    def body(carry, step_key):
+        obs, state, ended = carry
+        action_key, env_key = jax.random.split(step_key)
+        action = policy.sample(params, obs, action_key)
+        log_prob = policy.log_prob(params, obs, action)
+        next_obs, next_state, reward, done, _ = env.step(env_key, state, action, env_params)
+        mask = 1.0 - ended.astype(jnp.float32)
+        out = Trajectory(
+            observations=obs,
+            actions=action,
+            rewards=mask * reward,
+            masks=mask,
+            dones=mask * done.astype(jnp.float32),
+            log_probs=log_prob,
+        )
+        return (next_obs, next_state, ended | done), out
+
+    carry = (obs, state, jnp.zeros((), bool))
+    _, trajectory = jax.lax.scan(body, carry, jax.random.split(steps_key, horizon))
+    return trajectory
+
+
+def sample_trajectories(
+    env: Any,
+    policy: Policy,
+    params: Params,
+    env_params: Any,
+    key: jax.Array,
+    num_trajectories: int,
+    horizon: int,
+) -> Trajectory:
+    """``num_trajectories`` independent episodes of one task (vmapped :func:`rollout`)."""
+    keys = jax.random.split(key, num_trajectories)
+    return jax.vmap(lambda k: rollout(env, policy, params, env_params, k, horizon))(keys)
+
+
+def episode_returns(trajectories: Trajectory) -> jax.Array:
+    """Undiscounted return (sum of rewards) of each episode: ``[..., T] -> [...]``."""
+    return jnp.sum(trajectories.rewards, axis=-1)
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def discounted_returns(rewards: ArrayLike, masks: ArrayLike, discount: float) -> jax.Array:
+    """Returns-to-go ``G_t = sum_{t' >= t} discount^(t'-t) r_t'`` within the episode.
+
+    Args:
+      rewards: ``[T]`` (or ``[..., T]``).
+      masks: same shape; steps with mask 0 contribute nothing.
+      discount: the discount factor.
+
+    Returns:
+      ``[..., T]`` returns-to-go (0 at masked steps).
+    """
+    rewards = jnp.asarray(rewards) * jnp.asarray(masks)
+    masks = jnp.asarray(masks)
+
+    def body(future, xs):
+        reward, mask = xs
+        value = mask * (reward + discount * future)
+        return value, value
+
+    moved = (jnp.moveaxis(rewards, -1, 0), jnp.moveaxis(masks, -1, 0))
+    _, returns = jax.lax.scan(
+        body, jnp.zeros(rewards.shape[:-1], rewards.dtype), moved, reverse=True
+    )
+    return jnp.moveaxis(returns, 0, -1)
+
+
+def baseline_features(observations: ArrayLike) -> jax.Array:
+    """rllab's linear-baseline features of one episode ``[T, obs] -> [T, 2 * obs + 4]``.
+
+    ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with ``o`` clipped to ``[-10, 10]``.
+    """
+    obs = jnp.clip(jnp.asarray(observations, jnp.float32), -10.0, 10.0)
+    time = (jnp.arange(obs.shape[-2], dtype=jnp.float32) / 100.0)[:, None]
+    time = jnp.broadcast_to(time, obs.shape[:-1] + (1,))
+    ones = jnp.ones_like(time)
+    return jnp.concatenate([obs, obs**2, time, time**2, time**3, ones], axis=-1)
+
+
+def linear_feature_baseline(
+    observations: ArrayLike, returns: ArrayLike, masks: ArrayLike, reg_coeff: float = 1e-5
+) -> jax.Array:
+    """Fits rllab's linear feature baseline to one task's episodes and predicts it.
+
+    Solves the ridge problem ``min_w sum_{i,t} m_it (f_it . w - G_it)^2 + reg ||w||^2``
+    over the valid steps of all the task's episodes (as a least-squares problem on
+    the stacked system, which is better conditioned in float32 than the normal
+    equations), and returns the fitted values. The fit is data: no gradient flows
+    through it.
+
+    Args:
+      observations: ``[N, T, obs]``.
+      returns: ``[N, T]`` returns-to-go.
+      masks: ``[N, T]``.
+      reg_coeff: ridge coefficient (rllab: 1e-5).
+
+    Returns:
+      ``[N, T]`` baseline values.
+    """
+    observations, returns, masks = jax.lax.stop_gradient(
+        (jnp.asarray(observations), jnp.asarray(returns), jnp.asarray(masks))
+    )
+    features = baseline_features(observations)
+    num_features = features.shape[-1]
+    flat = features.reshape(-1, num_features)
+    root = jnp.sqrt(masks.reshape(-1, 1))
+    system = jnp.concatenate([root * flat, math.sqrt(reg_coeff) * jnp.eye(num_features)])
+    target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros((num_features,))])
+    weights = jnp.linalg.lstsq(system, target)[0]
+    return features @ weights
+
+
+def compute_advantages(
+    trajectories: Trajectory, discount: float, *, normalize: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """Returns-to-go and advantages of one task's episodes (``[N, T]`` each).
+
+    ``A = G - b`` with ``b`` the per-task :func:`linear_feature_baseline`; with
+    ``normalize`` (rllab's ``center_adv``) the advantages are standardised over the
+    task's valid steps. Both are constants (no gradient).
+    """
+    returns = discounted_returns(trajectories.rewards, trajectories.masks, discount)
+    baseline = linear_feature_baseline(trajectories.observations, returns, trajectories.masks)
+    advantages = returns - baseline
+    masks = trajectories.masks
+    if normalize:
+        mean = weighted_mean(advantages, masks)
+        std = jnp.sqrt(weighted_mean(jnp.square(advantages - mean), masks))
+        advantages = (advantages - mean) / (std + 1e-8)
+    advantages = masks_zero(advantages, trajectories.masks)
+    return jax.lax.stop_gradient(returns), jax.lax.stop_gradient(advantages)
+
+
+def masks_zero(values: jax.Array, masks: jax.Array) -> jax.Array:
+    """``values`` where ``masks > 0``, else 0 (``where``, so NaNs stay out)."""
+    return jnp.where(masks > 0, values, 0.0)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def reinforce_loss(log_probs: ArrayLike, advantages: ArrayLike, masks: ArrayLike) -> jax.Array:
+    """The REINFORCE surrogate ``-sum m log pi A / sum m`` (a masked per-sample mean).
+
+    Its gradient is the vanilla policy gradient (with whatever baseline ``A`` has),
+    averaged over valid time steps as rllab's VPG does.
+    """
+    return -weighted_mean(jnp.asarray(log_probs) * advantages, masks)
+
+
+def magic_box(x: jax.Array) -> jax.Array:
+    """DiCE's ``exp(x - stop_gradient(x))``: 1 in value, ``d box(x) = box(x) dx``."""
+    return jnp.exp(x - jax.lax.stop_gradient(x))
+
+
+def dice_loss(log_probs: ArrayLike, advantages: ArrayLike, masks: ArrayLike) -> jax.Array:
+    """Loaded-DiCE surrogate (lambda = 1): REINFORCE's gradient, unbiased Hessian.
+
+    ``-sum_{i,t} m_it (box(S_it) - box(S_i,t-1)) A_it / sum m`` with ``S`` the
+    cumulative masked log-probability of the episode up to ``t`` (``S_{-1} = 0``).
+    Its value is 0. See the module docstring.
+
+    Args:
+      log_probs: ``[..., T]`` log-probabilities under the parameters differentiated.
+      advantages: ``[..., T]`` constants.
+      masks: ``[..., T]``.
+    """
+    log_probs = masks_zero(jnp.asarray(log_probs), masks)
+    cumulative = jnp.cumsum(log_probs, axis=-1)
+    previous = jnp.concatenate([jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
+    return -weighted_mean((magic_box(cumulative) - magic_box(previous)) * advantages, masks)
+
+
+def trajectory_log_probs(policy: Policy, params: Params, trajectories: Trajectory) -> jax.Array:
+    """Recomputes ``log pi_params(a | s)`` for every step of ``trajectories``."""
+    return policy.log_prob(params, trajectories.observations, trajectories.actions)
+
+
+# --------------------------------------------------------------------------- MAML-RL
+
+
+@dataclasses.dataclass(frozen=True)
+class RLTask:
+    """One RL task: environment parameters and the key its episodes are drawn with."""
+
+    env_params: Any
+    key: Any
+
+
+jax.tree_util.register_dataclass(RLTask, data_fields=["env_params", "key"], meta_fields=[])
+
+
+def rl_task_sampler(sample_env_params: Callable[[jax.Array], Any]) -> Callable:
+    """``key -> RLTask`` from a task distribution ``key -> env_params``."""
+
+    def sample(key):
+        params_key, episodes_key = jax.random.split(key)
+        return RLTask(sample_env_params(params_key), episodes_key)
+
+    return sample
+
+
+class RLMetaLearner(NamedTuple):
+    """MAML-RL (or its pretraining baseline) as pure functions.
+
+    Attributes:
+      init: ``params -> meta_params`` (the identity).
+      loss: ``(meta_params, task, step=None) -> (loss, aux)`` for one :class:`RLTask`;
+        ``aux`` has ``return_pre`` and ``return_post`` (mean undiscounted episode
+        return before and after adaptation).
+      adapt: ``(meta_params, task, *, steps) -> (params, AdaptationResult)``.
+      params: ``meta_params -> params``.
+      loss_fn: unused (``make_train_step(..., pre_adaptation_metrics=False)``).
+      inner_steps: inner steps used in training.
+    """
+
+    init: Callable
+    loss: Callable
+    adapt: Callable
+    params: Callable
+    loss_fn: Any
+    inner_steps: int
+
+
+class AdaptationResult(NamedTuple):
+    """What :func:`maml_rl`'s ``adapt`` observed.
+
+    Attributes:
+      returns: ``[steps + 1]`` mean undiscounted return of the episodes sampled after
+        0, 1, ..., ``steps`` inner updates.
+      trajectories: those episodes, each leaf ``[steps + 1, N, T, ...]``.
+    """
+
+    returns: jax.Array
+    trajectories: Trajectory
+
+
+def maml_rl(
+    env: Any,
+    policy: Policy,
+    *,
+    inner_lr: float = 0.1,
+    inner_steps: int = 1,
+    num_trajectories: int = 20,
+    horizon: int = 100,
+    discount: float = 0.99,
+    meta_gradient: MetaGradient = "dice",
+    normalize_advantages: bool = True,
+) -> RLMetaLearner:
+    """MAML for reinforcement learning with policy-gradient inner and outer updates.
+
+    Per task: sample ``num_trajectories`` episodes with ``theta``, fit the linear
+    baseline, take an inner step ``theta' = theta - inner_lr * grad L_in(theta)``
+    (REINFORCE with the baseline; ``L_in`` is :func:`dice_loss` for
+    ``meta_gradient="dice"``), repeat ``inner_steps`` times, then sample episodes
+    with ``theta'`` and return the REINFORCE surrogate on them at ``theta'``: its
+    gradient with respect to ``theta`` flows through the inner updates.
+
+    Args:
+      env: environment (gymnax API, see the module docstring).
+      policy: the :class:`Policy`.
+      inner_lr: inner step size (paper: 0.1).
+      inner_steps: inner updates in training (paper: 1).
+      num_trajectories: episodes per inner step and for the outer loss (paper: 20).
+      horizon: episode length cap (paper: 100).
+      discount: discount of the returns-to-go (rllab: 0.99).
+      meta_gradient: ``"dice"``, ``"maml"`` or ``"first_order"`` (module docstring).
+      normalize_advantages: standardise advantages per task (rllab ``center_adv``).
+
+    Returns:
+      An :class:`RLMetaLearner` for :func:`metajax.make_train_step`.
+
+    Reference: Finn, Abbeel, Levine, ICML 2017, Algorithm 3.
+    """
+    if meta_gradient not in ("dice", "maml", "first_order"):
+        raise ValueError(f"meta_gradient must be dice, maml or first_order; got {meta_gradient!r}.")
+    inner_surrogate = dice_loss if meta_gradient == "dice" else reinforce_loss
+
+    def sample(params, env_params, key):
+        return sample_trajectories(env, policy, params, env_params, key, num_trajectories, horizon)
+
+    def inner_step(params, trajectories, surrogate):
+        _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
+
+        def loss(p):
+            log_probs = trajectory_log_probs(policy, p, trajectories)
+            return surrogate(log_probs, advantages, trajectories.masks)
+
+        grads = jax.grad(loss)(params)
+        if meta_gradient == "first_order":
+            grads = jax.lax.stop_gradient(grads)
+        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+
+    def adapt(meta_params, task: RLTask, *, steps: int | None = None, surrogate=reinforce_loss):
+        steps = inner_steps if steps is None else steps
+        keys = jax.random.split(task.key, steps + 1)
+
+        def body(params, key):
+            trajectories = sample(params, task.env_params, key)
+            return inner_step(params, trajectories, surrogate), trajectories
+
+        params, trajectories = jax.lax.scan(body, meta_params, keys[:-1])
+        final = sample(params, task.env_params, keys[-1])
+        trajectories = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), trajectories, final)
+        return params, AdaptationResult(episode_returns(trajectories).mean(-1), trajectories)
+
+    def loss(meta_params, task: RLTask, step=None):
+        del step
+        params, result = adapt(meta_params, task, surrogate=inner_surrogate)
+        post = jax.tree.map(lambda x: x[-1], result.trajectories)
+        _, advantages = compute_advantages(post, discount, normalize=normalize_advantages)
+        outer = reinforce_loss(trajectory_log_probs(policy, params, post), advantages, post.masks)
+        aux = {"return_pre": result.returns[0], "return_post": result.returns[-1]}
+        return outer, aux
+
+    return RLMetaLearner(
+        init=lambda params: params,
+        loss=loss,
+        adapt=adapt,
+        params=lambda meta_params: meta_params,
+        loss_fn=None,
+        inner_steps=inner_steps,
+    )
+
+
+def pretrain_rl(
+    env: Any,
+    policy: Policy,
+    *,
+    inner_lr: float = 0.1,
+    inner_steps: int = 1,
+    num_trajectories: int = 20,
+    horizon: int = 100,
+    discount: float = 0.99,
+    normalize_advantages: bool = True,
+) -> RLMetaLearner:
+    """The "pretrained on all tasks" baseline: one policy trained by policy gradient.
+
+    The training loss of a task is the REINFORCE surrogate (with the per-task
+    baseline) on episodes sampled with the current parameters; averaging over the
+    meta-batch gives the policy gradient of the expected return over the task
+    distribution. ``adapt`` is :func:`maml_rl`'s, so evaluation is identical.
+    """
+    learner = maml_rl(
+        env,
+        policy,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        num_trajectories=num_trajectories,
+        horizon=horizon,
+        discount=discount,
+        meta_gradient="first_order",
+        normalize_advantages=normalize_advantages,
+    )
+
+    def loss(params, task: RLTask, step=None):
+        del step
+        trajectories = sample_trajectories(
+            env, policy, params, task.env_params, task.key, num_trajectories, horizon
+        )
+        _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
+        log_probs = trajectory_log_probs(policy, params, trajectories)
+        value = episode_returns(trajectories).mean()
+        aux = {"return_pre": value, "return_post": value}
+        return reinforce_loss(log_probs, advantages, trajectories.masks), aux
+
+    return learner._replace(loss=loss)
+
+
+__all__ = [
+    "AdaptationResult",
+    "Policy",
+    "RLMetaLearner",
+    "RLTask",
+    "Trajectory",
+    "baseline_features",
+    "categorical_mlp_policy",
+    "compute_advantages",
+    "dice_loss",
+    "discounted_returns",
+    "episode_returns",
+    "gaussian_mlp_policy",
+    "linear_feature_baseline",
+    "magic_box",
+    "maml_rl",
+    "pretrain_rl",
+    "reinforce_loss",
+    "rl_task_sampler",
+    "rollout",
+    "sample_trajectories",
+    "trajectory_log_probs",
+]

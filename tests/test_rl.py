@@ -1,0 +1,287 @@
+"""Meta-RL: environment, rollouts, baselines, policy-gradient estimators, MAML-RL smoke."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from metajax import rl
+from metajax.envs import Nav2D, Nav2DParams, sample_nav2d_params
+from metajax.train import init_train_state, jit_train_step, make_train_step
+
+
+def constant_policy(action):
+    """A policy that always takes ``action`` (log-prob 0)."""
+    action = jnp.asarray(action, jnp.float32)
+    return rl.Policy(
+        init=lambda key: {},
+        sample=lambda params, obs, key: action,
+        log_prob=lambda params, obs, a: jnp.zeros(jnp.shape(a)[:-1]),
+        mean=lambda params, obs: action,
+    )
+
+
+# ------------------------------------------------------------------ environment
+
+
+def test_nav2d_dynamics_reward_and_clipping():
+    env = Nav2D()
+    params = Nav2DParams(goal=jnp.array([0.3, -0.4]))
+    obs, state = env.reset(jax.random.key(0), params)
+    np.testing.assert_array_equal(obs, [0.0, 0.0])
+    obs, state, reward, done, _ = env.step(
+        jax.random.key(1), state, jnp.array([0.05, -0.7]), params
+    )
+    np.testing.assert_allclose(obs, [0.05, -0.1], atol=1e-7)  # y clipped to -0.1
+    np.testing.assert_allclose(reward, -math.hypot(0.25, 0.3), rtol=1e-6)
+    assert not bool(done) and int(state.time) == 1
+
+
+def test_nav2d_terminates_at_goal_and_time_limit():
+    env = Nav2D()
+    params = Nav2DParams(goal=jnp.array([0.1, 0.005]))
+    _, state = env.reset(jax.random.key(0), params)
+    _, _, reward, done, info = env.step(jax.random.key(1), state, jnp.array([0.1, 0.0]), params)
+    assert bool(done) and bool(info["reached"])
+    np.testing.assert_allclose(reward, -0.005, rtol=1e-5)
+    # Not within 0.01 in y: keeps going until the time limit.
+    far = Nav2DParams(goal=jnp.array([0.1, 0.02]), max_steps_in_episode=3)
+    _, state = env.reset(jax.random.key(0), far)
+    dones = []
+    for _ in range(3):
+        _, state, _, done, info = env.step(jax.random.key(1), state, jnp.zeros(2), far)
+        dones.append(bool(done))
+        assert not bool(info["reached"])
+    assert dones == [False, False, True]
+
+
+def test_task_distribution_in_unit_square():
+    goals = jax.vmap(sample_nav2d_params)(jax.random.split(jax.random.key(0), 1000)).goal
+    assert goals.shape == (1000, 2)
+    assert float(goals.min()) >= -0.5 and float(goals.max()) <= 0.5
+    assert float(goals.min()) < -0.45 and float(goals.max()) > 0.45
+
+
+# ------------------------------------------------------------------ rollouts
+
+
+def test_rollout_masks_zero_after_done():
+    env = Nav2D()
+    params = Nav2DParams(goal=jnp.array([0.3, 0.0]))
+    traj = rl.rollout(env, constant_policy([0.1, 0.0]), {}, params, jax.random.key(0), horizon=6)
+    # Reaches x = 0.3 at the third step (index 2).
+    np.testing.assert_array_equal(traj.masks, [1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(traj.dones, [0, 0, 1, 0, 0, 0])
+    np.testing.assert_allclose(traj.rewards, [-0.2, -0.1, 0.0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(traj.observations[:3, 0], [0.0, 0.1, 0.2], atol=1e-6)
+
+
+def test_discounted_returns_and_masks():
+    rewards = jnp.array([1.0, 2.0, 3.0, 100.0])
+    masks = jnp.array([1.0, 1.0, 1.0, 0.0])
+    returns = rl.discounted_returns(rewards, masks, 0.5)
+    np.testing.assert_allclose(returns, [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3, 0])
+
+
+def test_linear_baseline_fits_linear_returns_and_ignores_masked_steps():
+    obs = jax.random.normal(jax.random.key(0), (3, 5, 2)) * 0.3
+    features = rl.baseline_features(obs)
+    assert features.shape == (3, 5, 8)
+    true_w = jnp.arange(8, dtype=jnp.float32) / 8
+    returns = features @ true_w
+    masks = jnp.ones((3, 5)).at[:, 4].set(0.0)
+    returns = returns.at[:, 4].set(1e3)  # garbage at masked steps must not matter
+    fitted = rl.linear_feature_baseline(obs, returns, masks)
+    np.testing.assert_allclose(fitted[:, :4], returns[:, :4], atol=2e-3)
+
+
+def test_vectorised_rollouts_equal_a_loop():
+    env = Nav2D()
+    policy = rl.gaussian_mlp_policy(2, 2, (8,), action_scale=0.1)
+    params = policy.init(jax.random.key(0))
+    env_params = sample_nav2d_params(jax.random.key(1))
+    key = jax.random.key(2)
+    batched = rl.sample_trajectories(env, policy, params, env_params, key, 4, 12)
+    single_rollout = jax.jit(lambda k: rl.rollout(env, policy, params, env_params, k, 12))
+    for i, k in enumerate(jax.random.split(key, 4)):
+        single = single_rollout(k)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], batched), single, atol=1e-6)
+
+
+# ------------------------------------------------------------------ estimators
+
+
+@dataclasses.dataclass(frozen=True)
+class _BanditState:
+    time: jax.Array
+
+
+jax.tree_util.register_dataclass(_BanditState, data_fields=["time"], meta_fields=[])
+
+
+class OneStepGaussianBandit:
+    """One action ``a``, reward ``-(a - target)^2``, then the episode ends."""
+
+    def reset(self, key, target):
+        return jnp.zeros((1,)), _BanditState(jnp.zeros((), jnp.int32))
+
+    def step(self, key, state, action, target):
+        reward = -jnp.square(action[0] - target)
+        return jnp.zeros((1,)), _BanditState(state.time + 1), reward, jnp.array(True), {}
+
+
+def gaussian_policy():
+    def log_prob(params, obs, action):
+        z = (action[..., 0] - params["mean"]) * jnp.exp(-params["log_std"])
+        return -0.5 * z**2 - params["log_std"] - 0.5 * math.log(2 * math.pi)
+
+    return rl.Policy(
+        init=lambda key: {"mean": jnp.array(0.5), "log_std": jnp.array(math.log(0.5))},
+        sample=lambda p, obs, key: p["mean"] + jnp.exp(p["log_std"]) * jax.random.normal(key, (1,)),
+        log_prob=log_prob,
+        mean=lambda p, obs: p["mean"][None],
+    )
+
+
+def expected_return(params, target=0.0):
+    """Closed form ``E[-(a - c)^2] = -((mu - c)^2 + sigma^2)``."""
+    return -(jnp.square(params["mean"] - target) + jnp.exp(2 * params["log_std"]))
+
+
+def _flat(tree):
+    return jnp.stack([tree["mean"], tree["log_std"]])
+
+
+@pytest.fixture(scope="module")
+def bandit_batch():
+    env, policy = OneStepGaussianBandit(), gaussian_policy()
+    params = policy.init(None)
+    traj = rl.sample_trajectories(env, policy, params, 0.0, jax.random.key(0), 40_000, 2)
+    return policy, params, traj
+
+
+def test_reinforce_gradient_matches_finite_differences(bandit_batch):
+    policy, params, traj = bandit_batch
+    np.testing.assert_array_equal(traj.masks[:, 1], 0.0)  # the second step is masked out
+    advantages = traj.rewards - rl.episode_returns(traj).mean()  # constant baseline
+
+    def surrogate(p):
+        lp = rl.trajectory_log_probs(policy, p, traj)
+        # reinforce_loss averages over valid steps = episodes here; minus: ascent.
+        return -rl.reinforce_loss(lp, advantages, traj.masks)
+
+    estimate = _flat(jax.grad(surrogate)(params))
+    eps = 1e-3
+    finite_diff = []
+    for name in ("mean", "log_std"):
+        plus = dict(params, **{name: params[name] + eps})
+        minus = dict(params, **{name: params[name] - eps})
+        finite_diff.append((expected_return(plus) - expected_return(minus)) / (2 * eps))
+    np.testing.assert_allclose(estimate, jnp.stack(finite_diff), atol=0.03)  # [-1, -0.5]
+    dice = jax.grad(
+        lambda p: -rl.dice_loss(rl.trajectory_log_probs(policy, p, traj), advantages, traj.masks)
+    )
+    chex.assert_trees_all_close(dice(params), jax.grad(surrogate)(params), atol=1e-5)
+
+
+def test_dice_hessian_estimates_the_hessian_of_the_expected_return(bandit_batch):
+    policy, params, traj = bandit_batch
+    advantages = traj.rewards - rl.episode_returns(traj).mean()
+
+    def objective(loss_fn):
+        def value(flat):
+            p = {"mean": flat[0], "log_std": flat[1]}
+            return -loss_fn(rl.trajectory_log_probs(policy, p, traj), advantages, traj.masks)
+
+        return value
+
+    flat = _flat(params)
+    exact = jax.hessian(lambda f: expected_return({"mean": f[0], "log_std": f[1]}))(flat)
+    dice = jax.jit(jax.hessian(objective(rl.dice_loss)))(flat)
+    np.testing.assert_allclose(dice, exact, atol=0.12)  # exact: diag(-2, -1)
+    # The plain surrogate misses E[score score^T A]: far off on the log-std entry.
+    plain = jax.jit(jax.hessian(objective(rl.reinforce_loss)))(flat)
+    assert abs(float(plain[1, 1] - exact[1, 1])) > 0.5
+
+
+def test_masked_steps_change_no_gradient():
+    log_probs = jnp.array([[-1.0, -2.0, -3.0]])
+    advantages = jnp.array([[1.0, -1.0, 5.0]])
+    masks = jnp.array([[1.0, 1.0, 0.0]])
+    for loss in (rl.reinforce_loss, rl.dice_loss):
+        grad = jax.grad(loss)(log_probs, advantages, masks)
+        assert float(grad[0, 2]) == 0.0
+        changed = jax.grad(loss)(log_probs.at[0, 2].set(jnp.nan), advantages, masks)
+        chex.assert_trees_all_close(changed, grad)
+
+
+# ------------------------------------------------------------------ MAML-RL smoke
+
+
+def test_maml_rl_smoke_return_improves():
+    env = Nav2D()
+    policy = rl.gaussian_mlp_policy(2, 2, (16, 16), action_scale=0.1)
+    learner = rl.maml_rl(env, policy, num_trajectories=8, horizon=10)
+    outer = optax.adam(3e-2)
+    state = init_train_state(learner, policy.init(jax.random.key(0)), outer, jax.random.key(1))
+    sampler = rl.rl_task_sampler(sample_nav2d_params)
+    step = jit_train_step(
+        make_train_step(
+            learner, outer, sample_tasks=sampler, meta_batch=4, pre_adaptation_metrics=False
+        )
+    )
+    tasks = jax.vmap(sampler)(jax.random.split(jax.random.key(7), 16))
+    evaluate = jax.jit(lambda p: jax.vmap(lambda t: learner.adapt(p, t, steps=1)[1].returns)(tasks))
+    before = np.asarray(evaluate(state.meta_params)).mean(0)
+    for _ in range(15):
+        state, metrics = step(state)
+    after = np.asarray(evaluate(state.meta_params)).mean(0)
+    assert np.isfinite(float(metrics["meta_loss"]))
+    assert after[1] > before[1] + 0.3, (before, after)
+
+
+# ------------------------------------------------------------------ bandits and recipes
+
+
+def test_bernoulli_bandit_and_categorical_policy():
+    from metajax.envs import BanditParams, BernoulliBandit
+    from metajax.recipes.bandit import thompson_sampling
+
+    env = BernoulliBandit()
+    params = BanditParams(probs=jnp.array([0.0, 1.0, 0.0]))
+    policy = rl.categorical_mlp_policy(1, 3, (4,))
+    policy_params = policy.init(jax.random.key(0))
+    traj = rl.sample_trajectories(env, policy, policy_params, params, jax.random.key(1), 64, 1)
+    np.testing.assert_array_equal(traj.rewards[:, 0], (traj.actions[:, 0] == 1).astype(jnp.float32))
+    probs = jnp.exp(
+        jax.vmap(lambda a: policy.log_prob(policy_params, jnp.ones((1,)), a))(jnp.arange(3))
+    )
+    np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-6)
+    rewards = thompson_sampling(jax.random.key(2), params.probs, 60)
+    assert float(rewards[-20:].mean()) > 0.9  # finds the only paying arm
+
+
+@pytest.mark.slow
+def test_nav2d_and_bandit_recipes_smoke(tmp_path):
+    from metajax.recipes import bandit, nav2d
+
+    tiny = dict(steps=2, meta_batch=2, num_trajectories=3, horizon=5, hidden=(4,), progress=False)
+    for algorithm in ("maml", "pretrain"):
+        nav2d.train(
+            nav2d.Nav2DTrain(workdir=str(tmp_path / algorithm), algorithm=algorithm, **tiny)
+        )
+    results = nav2d.evaluate(
+        nav2d.Nav2DEval(workdirs=(str(tmp_path / "maml"), str(tmp_path / "pretrain")), num_tasks=2)
+    )
+    assert len(results["runs"]) == 3 and (tmp_path / "maml" / "nav2d_returns.png").exists()
+    bandit.train(bandit.BanditTrain(workdir=str(tmp_path / "bandit"), steps=2, progress=False))
+    assert "rows" in bandit.evaluate(
+        bandit.BanditEval(workdir=str(tmp_path / "bandit"), num_tasks=4)
+    )
