@@ -448,7 +448,9 @@ class RLMetaLearner(NamedTuple):
       loss: ``(meta_params, task, step=None) -> (loss, aux)`` for one :class:`RLTask`;
         ``aux`` has ``return_pre`` and ``return_post`` (mean undiscounted episode
         return before and after adaptation).
-      adapt: ``(meta_params, task, *, steps) -> (params, AdaptationResult)``.
+      adapt: ``(meta_params, task, *, steps, later_lr_scale=1.0) -> (params,
+        AdaptationResult)``; ``later_lr_scale`` scales the inner step size of every
+        step after the first.
       params: ``meta_params -> params``.
       loss_fn: unused (``make_train_step(..., pre_adaptation_metrics=False)``).
       inner_steps: inner steps used in training.
@@ -519,7 +521,7 @@ def maml_rl(
     def sample(params, env_params, key):
         return sample_trajectories(env, policy, params, env_params, key, num_trajectories, horizon)
 
-    def inner_step(params, trajectories, surrogate):
+    def inner_step(params, trajectories, surrogate, lr=inner_lr):
         _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
 
         def loss(p):
@@ -529,17 +531,28 @@ def maml_rl(
         grads = jax.grad(loss)(params)
         if meta_gradient == "first_order":
             grads = jax.lax.stop_gradient(grads)
-        return jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
+        return jax.tree.map(lambda p, g: p - lr * g, params, grads)
 
-    def adapt(meta_params, task: RLTask, *, steps: int | None = None, surrogate=reinforce_loss):
+    def adapt(
+        meta_params,
+        task: RLTask,
+        *,
+        steps: int | None = None,
+        surrogate=reinforce_loss,
+        later_lr_scale: float = 1.0,
+    ):
+        # later_lr_scale multiplies the step size of every inner step after the first
+        # (the paper halves it at test time: later_lr_scale=0.5).
         steps = inner_steps if steps is None else steps
         keys = jax.random.split(task.key, steps + 1)
+        lrs = inner_lr * jnp.where(jnp.arange(steps) == 0, 1.0, later_lr_scale)
 
-        def body(params, key):
+        def body(params, xs):
+            key, lr = xs
             trajectories = sample(params, task.env_params, key)
-            return inner_step(params, trajectories, surrogate), trajectories
+            return inner_step(params, trajectories, surrogate, lr), trajectories
 
-        params, trajectories = jax.lax.scan(body, meta_params, keys[:-1])
+        params, trajectories = jax.lax.scan(body, meta_params, (keys[:-1], lrs))
         final = sample(params, task.env_params, keys[-1])
         trajectories = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), trajectories, final)
         return params, AdaptationResult(episode_returns(trajectories).mean(-1), trajectories)

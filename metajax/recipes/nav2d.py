@@ -94,6 +94,8 @@ class Nav2DEval:
       steps: inner policy-gradient steps at test time (paper: up to 3).
       num_tasks: held-out goals.
       inner_lr: test-time inner step size (default: each run's).
+      later_lr_scale: factor on the step size of inner steps 2, 3, ... (the paper
+        halved it after the first step at evaluation: 0.5).
       seed: seed of the held-out goals and episodes (a stream apart from training).
       out: where to write ``nav2d_eval.json``/``.md`` and the figures (default: the
         first workdir).
@@ -104,6 +106,7 @@ class Nav2DEval:
     steps: int = 3
     num_tasks: int = 100
     inner_lr: float | None = None
+    later_lr_scale: float = 1.0
     seed: int = 12345
     out: str | None = None
 
@@ -192,14 +195,17 @@ def held_out_tasks(seed: int, num_tasks: int) -> rl.RLTask:
     return jax.vmap(rl.rl_task_sampler(sample_nav2d_params))(keys)
 
 
-def adaptation_returns(learner, params, tasks: rl.RLTask, steps: int) -> np.ndarray:
+def adaptation_returns(
+    learner, params, tasks: rl.RLTask, steps: int, later_lr_scale: float = 1.0
+) -> np.ndarray:
     """``[tasks, steps + 1]`` mean episode return after 0..steps inner updates."""
 
     @jax.jit
     def run(params, tasks):
-        return map_tasks(
-            lambda task: learner.adapt(params, task, steps=steps)[1].returns, tasks, 10
-        )
+        def one(task):
+            return learner.adapt(params, task, steps=steps, later_lr_scale=later_lr_scale)[1]
+
+        return map_tasks(lambda task: one(task).returns, tasks, 10)
 
     return np.asarray(run(params, tasks))
 
@@ -224,7 +230,9 @@ def evaluate(cfg: Nav2DEval) -> dict:
             "algorithm": train_cfg.algorithm,
             "meta_steps": int(state.step),
             "meta_gradient": train_cfg.meta_gradient if train_cfg.algorithm == "maml" else "-",
-            "returns": _summary(adaptation_returns(learner, state.meta_params, tasks, cfg.steps)),
+            "returns": _summary(
+                adaptation_returns(learner, state.meta_params, tasks, cfg.steps, cfg.later_lr_scale)
+            ),
         }
     if cfg.random_init:
         train_cfg, _ = load_run(cfg.workdirs[0])
@@ -235,7 +243,9 @@ def evaluate(cfg: Nav2DEval) -> dict:
             "algorithm": "random init",
             "meta_steps": 0,
             "meta_gradient": "-",
-            "returns": _summary(adaptation_returns(learner, params, tasks, cfg.steps)),
+            "returns": _summary(
+                adaptation_returns(learner, params, tasks, cfg.steps, cfg.later_lr_scale)
+            ),
         }
     with open(os.path.join(out_dir, "nav2d_eval.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -245,7 +255,13 @@ def evaluate(cfg: Nav2DEval) -> dict:
     print(table)
     plot_returns(results, os.path.join(out_dir, "nav2d_returns.png"))
     plot_training(cfg.workdirs, os.path.join(out_dir, "nav2d_training.png"))
-    plot_trajectories(policies, tasks, cfg.steps, os.path.join(out_dir, "nav2d_trajectories.png"))
+    plot_trajectories(
+        policies,
+        tasks,
+        cfg.steps,
+        os.path.join(out_dir, "nav2d_trajectories.png"),
+        later_lr_scale=cfg.later_lr_scale,
+    )
     return results
 
 
@@ -270,7 +286,8 @@ def format_table(results: dict, cfg: Nav2DEval) -> str:
     lines.append(
         f"\nMean undiscounted return of 20 episodes per task (horizon 100), mean ± 95% CI over "
         f"{cfg.num_tasks} held-out goals (seed {cfg.seed}); each inner step is one REINFORCE "
-        "update with the linear baseline on 20 fresh episodes."
+        "update with the linear baseline on 20 fresh episodes; steps after the first use "
+        f"{cfg.later_lr_scale} x the inner step size."
     )
     return "\n".join(lines)
 
@@ -323,7 +340,14 @@ def plot_training(workdirs: tuple[str, ...], path: str) -> None:
     plt.close(fig)
 
 
-def plot_trajectories(policies: dict, tasks: rl.RLTask, steps: int, path: str, shown: int = 2):
+def plot_trajectories(
+    policies: dict,
+    tasks: rl.RLTask,
+    steps: int,
+    path: str,
+    shown: int = 2,
+    later_lr_scale: float = 1.0,
+):
     """Trajectories of the first held-out goals before and after ``steps`` updates."""
     import matplotlib
 
@@ -334,7 +358,11 @@ def plot_trajectories(policies: dict, tasks: rl.RLTask, steps: int, path: str, s
         shown, len(policies), figsize=(4 * len(policies), 4 * shown), squeeze=False
     )
     for col, (name, (learner, _, params)) in enumerate(policies.items()):
-        adapt = jax.jit(lambda p, t, learner=learner: learner.adapt(p, t, steps=steps))
+        adapt = jax.jit(
+            lambda p, t, learner=learner: learner.adapt(
+                p, t, steps=steps, later_lr_scale=later_lr_scale
+            )
+        )
         for row in range(shown):
             task = jax.tree.map(lambda x, r=row: x[r], tasks)
             _, result = adapt(params, task)
