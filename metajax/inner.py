@@ -18,7 +18,14 @@ Options:
     (``jax.checkpoint``), trading compute for memory that no longer grows with
     the stored activations of every step.
   * ``backprop_steps``: truncated meta-gradients: only the last k steps are
-    differentiated through; the earlier ones run under ``stop_gradient``.
+    differentiated through; the earlier ones run under ``stop_gradient`` and count as
+    the identity map in the backward pass (first-order MAML's approximation), so the
+    initial parameters still get a gradient.
+
+Inner optimizers with meta-learned parts: :func:`per_parameter_sgd` (Meta-SGD),
+:func:`per_step_sgd` (MAML++'s per-layer, per-step learning rates) and
+:func:`with_hyperparams` (any ``optax.inject_hyperparams`` transformation whose
+hyperparameters are set from meta-parameters).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from metajax.losses import as_loss_with_aux
 from metajax.tasks import Batch
@@ -187,7 +195,13 @@ def adapt(
       steps: number of inner updates (a static Python int, ``>= 0``).
       remat: rematerialise each step in the backward pass.
       backprop_steps: differentiate through only the last this-many steps
-        (truncated meta-gradients); ``None`` means all of them.
+        (truncated meta-gradients); ``None`` means all of them. The earlier steps
+        run under ``stop_gradient`` and their Jacobian is taken to be the identity
+        (as first-order MAML does for every step): the initial parameters get the
+        second-order gradient through the last ``backprop_steps`` steps and the
+        first-order one through the rest, and nothing else (learning rates,
+        observations) gets a gradient from the earlier steps. ``0`` is first-order
+        MAML, ``steps`` is full second-order MAML.
       observe: optional function of the full parameters, evaluated after every
         step (and before the first), e.g. the query metrics of an eval step.
 
@@ -211,8 +225,11 @@ def adapt(
     truncated = steps - (steps if backprop_steps is None else backprop_steps)
     outputs = []
     if truncated:
-        state, out = jax.lax.scan(body, state, length=truncated)
-        state = jax.lax.stop_gradient(state)
+        start = state
+        state, out = jax.lax.stop_gradient(
+            jax.lax.scan(body, jax.lax.stop_gradient(state), length=truncated)
+        )
+        state = _straight_through(state, start)
         outputs.append(out)
     if steps - truncated:
         state, out = jax.lax.scan(body, state, length=steps - truncated)
@@ -232,6 +249,21 @@ def adapt(
             else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, later)
         )
     return inner.params(state), InnerResult(losses, observations)
+
+
+def _straight_through(value, source):
+    """``value`` in the forward pass; the identity from ``source`` in the backward pass.
+
+    ``stop_gradient(v) + (s - stop_gradient(s))`` adds an exact zero, so the forward
+    value is bitwise ``value``. Integer leaves (step counters) pass through unchanged.
+    """
+
+    def leaf(v, s):
+        if not jnp.issubdtype(v.dtype, jnp.inexact):
+            return v
+        return jax.lax.stop_gradient(v) + (s - jax.lax.stop_gradient(s))
+
+    return jax.tree.map(leaf, value, source)
 
 
 def sgd(learning_rate: float | jax.Array) -> optax.GradientTransformation:
@@ -274,3 +306,88 @@ def per_parameter_sgd(learning_rates: Params) -> optax.GradientTransformation:
         return updates, state
 
     return optax.GradientTransformation(init, update)
+
+
+class PerStepState(NamedTuple):
+    """State of :func:`per_step_sgd`: how many updates were applied."""
+
+    count: jax.Array
+
+
+def per_step_sgd(learning_rates: Params) -> optax.GradientTransformation:
+    """SGD with one learning rate per parameter leaf and per inner step (MAML++'s LSLR).
+
+    Update ``k`` is ``-learning_rates[leaf][k] * grad[leaf]``; updates past the last
+    entry reuse it (so evaluation may run more steps than training).
+
+    Args:
+      learning_rates: a pytree with the structure of the adapted parameters whose
+        leaves have a leading ``[steps]`` axis (``[steps]`` for one rate per leaf,
+        or ``[steps, *leaf.shape]`` for one per entry); typically meta-parameters.
+
+    Reference: Antoniou, Edwards, Storkey, "How to train your MAML", ICLR 2019
+    ("learning per-layer per-step learning rates").
+    """
+
+    def init(params):
+        del params
+        return PerStepState(jnp.zeros((), jnp.int32))
+
+    def update(grads, state, params=None):
+        del params
+
+        def leaf(lr, g):
+            if g is None:
+                return None
+            rate = lr[jnp.minimum(state.count, lr.shape[0] - 1)]
+            return -rate.astype(g.dtype) * g
+
+        updates = jax.tree.map(leaf, learning_rates, grads, is_leaf=lambda x: x is None)
+        return updates, PerStepState(state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def with_hyperparams(
+    optimizer: optax.GradientTransformation, hyperparams: dict[str, ArrayLike]
+) -> optax.GradientTransformationExtraArgs:
+    """Sets the numeric hyperparameters of an ``optax.inject_hyperparams`` optimizer.
+
+    The values (e.g. meta-parameters) are written into the optimizer state at
+    ``init`` and carried through every update, so gradients flow from the inner loop
+    into them: the outer loop learns the inner learning rate, momentum, and so on.
+
+    Args:
+      optimizer: built with ``optax.inject_hyperparams``, e.g.
+        ``optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)``.
+      hyperparams: name -> scalar (or array) value; each name must be a numeric
+        hyperparameter of ``optimizer`` (not a schedule).
+
+    Returns:
+      The optimizer with those hyperparameter values.
+
+    Example:
+      >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+      >>> inner = make_inner_loop(loss_fn, with_hyperparams(tx, meta["inner_hyperparams"]))
+    """
+
+    def init(params):
+        state = optimizer.init(params)
+        current = getattr(state, "hyperparams", None)
+        if not isinstance(current, dict):
+            raise TypeError(
+                "with_hyperparams needs an optimizer built with optax.inject_hyperparams "
+                f"(its state has a `hyperparams` dict); got state {type(state).__name__}."
+            )
+        unknown = sorted(set(hyperparams) - set(current))
+        if unknown:
+            raise ValueError(
+                f"hyperparameters {unknown} are not numeric hyperparameters of the "
+                f"optimizer; it has {sorted(current)}."
+            )
+        merged = dict(current)
+        for name, value in hyperparams.items():
+            merged[name] = jnp.asarray(value).astype(current[name].dtype)
+        return state._replace(hyperparams=merged)
+
+    return optax.GradientTransformationExtraArgs(init, optimizer.update)

@@ -147,8 +147,10 @@ def make_train_step(
         raise ValueError("make_train_step(sample_tasks=...) needs meta_batch >= 1.")
     map_tasks(lambda x: x, jnp.zeros((1,)), task_parallel)  # validates the mode early
 
-    def per_task(meta_params, task):
-        (loss, aux), grads = jax.value_and_grad(algorithm.loss, has_aux=True)(meta_params, task)
+    def per_task(meta_params, task, step):
+        (loss, aux), grads = jax.value_and_grad(algorithm.loss, has_aux=True)(
+            meta_params, task, step=step
+        )
         aux = dict(aux)
         if pre_adaptation_metrics:
             pre_loss, pre_aux = algorithm.loss_fn(
@@ -172,7 +174,7 @@ def make_train_step(
         # Under a mesh with a "tasks" axis: pad with weightless tasks and shard (parallel.py).
         tasks, task_weights = shard_tasks(tasks, task_weights)
         losses, aux, grads = map_tasks(
-            lambda task: per_task(state.meta_params, task), tasks, task_parallel
+            lambda task: per_task(state.meta_params, task, state.step), tasks, task_parallel
         )
         # Normalised task weights (0 everywhere if every task has weight 0).
         total = jnp.sum(task_weights)

@@ -1,16 +1,52 @@
-"""Meta-learning algorithms: factories returning :class:`MetaLearner` pure functions."""
+"""Meta-learning algorithms: factories returning :class:`MetaLearner` pure functions.
+
+``ALGORITHMS`` maps a name to its factory. The gradient-based ones take
+``(loss_fn, inner_lr=..., inner_steps=..., ...)``; ``protonet`` takes
+``(embed_fn, num_classes)``.
+"""
+
+from collections.abc import Callable
 
 from metajax.algorithms.base import MetaLearner, check_task
-from metajax.algorithms.maml import ALGORITHMS, anil, fomaml, maml, meta_sgd, pretrain, reptile
+from metajax.algorithms.imaml import imaml
+from metajax.algorithms.maml import (
+    anil,
+    cosine_outer_lr,
+    fomaml,
+    maml,
+    maml_plus_plus,
+    meta_sgd,
+    multi_step_loss_weights,
+    pretrain,
+    reptile,
+)
+from metajax.algorithms.protonet import protonet
+
+ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
+    "maml": maml,
+    "fomaml": fomaml,
+    "anil": anil,
+    "meta-sgd": meta_sgd,
+    "reptile": reptile,
+    "pretrain": pretrain,
+    "maml++": maml_plus_plus,
+    "imaml": imaml,
+    "protonet": protonet,
+}
 
 __all__ = [
     "ALGORITHMS",
     "MetaLearner",
     "anil",
     "check_task",
+    "cosine_outer_lr",
     "fomaml",
+    "imaml",
     "maml",
+    "maml_plus_plus",
     "meta_sgd",
+    "multi_step_loss_weights",
     "pretrain",
+    "protonet",
     "reptile",
 ]

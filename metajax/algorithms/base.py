@@ -19,9 +19,14 @@ class MetaLearner(NamedTuple):
 
     Attributes:
       init: ``params -> meta_params`` (e.g. adds learned inner learning rates).
-      loss: ``(meta_params, task) -> (meta_loss, aux)`` for one task; ``aux`` has
-        ``query_loss`` (after adaptation), the task loss's own metrics prefixed
-        ``query_``, and ``support_loss`` (before the first inner update).
+      loss: ``(meta_params, task, step=None) -> (meta_loss, aux)`` for one task;
+        ``aux`` has ``query_loss`` (after adaptation), the task loss's own metrics
+        prefixed ``query_``, and ``support_loss`` (before the first inner update)
+        where there is one. ``step`` is the outer step (an int32 scalar, traced in a
+        jitted train step; :func:`metajax.make_train_step` passes it) for options
+        scheduled over training (MAML++'s multi-step-loss weights and
+        derivative-order annealing); ``None`` means "after every schedule". Every
+        built-in algorithm accepts it; those without schedules ignore it.
       adapt: ``(meta_params, support, *, steps=None, observe=None) ->
         (adapted_params, InnerResult)``; ``steps`` defaults to the training value.
       params: ``meta_params -> params``: the model parameters adaptation starts from.
@@ -30,7 +35,7 @@ class MetaLearner(NamedTuple):
     """
 
     init: Callable[[Params], MetaParams]
-    loss: Callable[[MetaParams, Task], tuple[jax.Array, dict]]
+    loss: Callable[..., tuple[jax.Array, dict]]
     adapt: Callable[..., tuple[Params, inner_lib.InnerResult]]
     params: Callable[[MetaParams], Params]
     loss_fn: Callable[[Params, Batch], tuple[jax.Array, dict]]

@@ -25,12 +25,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from metajax import inner as inner_lib
 from metajax.algorithms.base import MetaLearner, check_task
@@ -39,6 +40,14 @@ from metajax.tasks import Task
 
 Params = Any
 MetaParams = Any
+
+
+# Outer step that stands for "after every schedule": what ``loss(..., step=None)`` uses.
+FINAL_STEP = jnp.iinfo(jnp.int32).max
+
+
+def _resolve_step(step) -> jax.Array:
+    return jnp.asarray(FINAL_STEP if step is None else step, jnp.int32)
 
 
 def _gradient_based(
@@ -53,10 +62,16 @@ def _gradient_based(
     init: Callable[[Params], MetaParams] = lambda p: p,
     params: Callable[[MetaParams], Params] = lambda m: m,
     objective: str = "query",
+    multi_step_loss: Any = None,
+    first_order_steps: int = 0,
 ) -> MetaLearner:
     loss_fn = as_loss_with_aux(loss_fn)
     if not isinstance(inner_steps, int) or inner_steps < 0:
         raise ValueError(f"inner_steps must be a non-negative int, got {inner_steps!r}.")
+    if not isinstance(first_order_steps, int) or first_order_steps < 0:
+        raise ValueError(
+            f"first_order_steps must be a non-negative int, got {first_order_steps!r}."
+        )
 
     def adapt_fn(meta_params, support, *, steps=None, observe=None, first_order=first_order):
         inner = inner_lib.make_inner_loop(
@@ -72,7 +87,34 @@ def _gradient_based(
             observe=observe,
         )
 
-    def loss(meta_params, task: Task):
+    def step_weights(step) -> jax.Array:
+        weights = multi_step_loss(_resolve_step(step)) if callable(multi_step_loss) else None
+        weights = jnp.asarray(multi_step_loss if weights is None else weights)
+        if weights.shape != (inner_steps,):
+            raise ValueError(
+                f"multi_step_loss weights must have shape [inner_steps] = ({inner_steps},); "
+                f"got {weights.shape}."
+            )
+        return weights
+
+    def query_objective(meta_params, task: Task, step, first_order: bool):
+        if multi_step_loss is None:
+            adapted, result = adapt_fn(meta_params, task.support, first_order=first_order)
+            query_loss, query_aux = loss_fn(adapted, task.query)
+            return query_loss, (query_loss, query_aux, result)
+        # MAML++ multi-step loss: the query loss after every inner step, weighted.
+        _, result = adapt_fn(
+            meta_params,
+            task.support,
+            first_order=first_order,
+            observe=lambda p: loss_fn(p, task.query),
+        )
+        losses, auxes = result.observations  # [steps + 1]: before and after each step
+        weights = step_weights(step).astype(losses.dtype)
+        meta_loss = jnp.sum(weights * losses[1:])
+        return meta_loss, (losses[-1], jax.tree.map(lambda x: x[-1], auxes), result)
+
+    def loss(meta_params, task: Task, step=None):
         check_task(task)
         if objective == "reptile":
             # Reptile's update direction is theta - phi, phi = adapted parameters.
@@ -84,10 +126,22 @@ def _gradient_based(
             sq = jax.tree.map(lambda t, p: jnp.sum(jnp.square(t - p)), theta, phi)
             meta_loss = 0.5 * sum(jax.tree.leaves(sq))
             query_loss, query_aux = loss_fn(phi, task.query)
+        elif first_order or not first_order_steps or step is None:
+            meta_loss, (query_loss, query_aux, result) = query_objective(
+                meta_params, task, step, first_order
+            )
         else:
-            adapted, result = adapt_fn(meta_params, task.support)
-            query_loss, query_aux = loss_fn(adapted, task.query)
-            meta_loss = query_loss
+            # Derivative-order annealing: one compiled program holds both branches and
+            # runs one per outer step (the step is not batched over tasks, so under
+            # vmap this stays a conditional rather than becoming a select).
+            meta_loss, (query_loss, query_aux, result) = jax.lax.cond(
+                jnp.asarray(step) < first_order_steps,
+                lambda m, t, s: query_objective(m, t, s, True),
+                lambda m, t, s: query_objective(m, t, s, False),
+                meta_params,
+                task,
+                jnp.asarray(step, jnp.int32),
+            )
         aux = {"query_loss": query_loss, **{f"query_{k}": v for k, v in query_aux.items()}}
         if result.support_losses.shape[0]:
             aux["support_loss"] = result.support_losses[0]
@@ -106,17 +160,47 @@ def maml(
     adapt: inner_lib.AdaptSpec = None,
     remat: bool = False,
     backprop_steps: int | None = None,
+    multi_step_loss: ArrayLike | Callable[[jax.Array], jax.Array] | None = None,
+    learn_inner_lr: bool = False,
+    learn_hyperparams: Sequence[str] = (),
+    first_order_steps: int = 0,
 ) -> MetaLearner:
-    """Model-Agnostic Meta-Learning.
+    """Model-Agnostic Meta-Learning, with the MAML++ options.
 
     The meta-loss of a task is ``L_query(theta')`` with ``theta'`` the result of
     ``inner_steps`` inner updates on the support set; its gradient differentiates
     through those updates. For one SGD step,
     ``grad = (I - inner_lr * H_support(theta)) @ grad L_query(theta')``.
 
+    The MAML++ improvements (Antoniou et al. 2019) are options of this one code
+    path, and compose with each other and with every option above them:
+
+    * ``multi_step_loss``: the meta-loss is ``sum_k w_k L_query(theta_k)`` over the
+      parameters after each inner step ``k = 1..K`` (multi-step loss). ``w`` is a
+      fixed ``[inner_steps]`` array or a function of the outer step (see
+      :func:`multi_step_loss_weights` for MAML++'s annealing).
+    * ``learn_inner_lr``: one inner learning rate per parameter leaf (layer) and per
+      inner step, meta-learned (:func:`metajax.inner.per_step_sgd`).
+    * ``first_order_steps``: derivative-order annealing: first order for the first
+      this-many outer steps, second order afterwards. Implemented with ``lax.cond``
+      on the outer step inside one compiled step (both branches are compiled; each
+      outer step runs one), so a run switches without recompiling or rebuilding its
+      train step.
+    * Cosine annealing of the outer learning rate is a property of the outer
+      optimizer: :func:`cosine_outer_lr`.
+
+    Per-step batch-norm weights and running statistics (MAML++'s BNWB/BNRS) are not
+    implemented: they need the inner step index inside the model's apply function.
+
+    Options that depend on the outer step read it from ``loss(meta_params, task,
+    step)``, which :func:`metajax.make_train_step` passes; ``step=None`` (the
+    default, e.g. in evaluation) means "after every schedule": the final multi-step
+    weights and second order.
+
     Args:
       loss_fn: ``(params, batch) -> scalar`` or ``(scalar, aux)``.
-      inner_lr: SGD step size (ignored if ``inner_optimizer`` is given).
+      inner_lr: SGD step size (ignored if ``inner_optimizer`` is given); the initial
+        value of the learned rates with ``learn_inner_lr``.
       inner_steps: number of inner updates.
       first_order: drop the second-order term (FOMAML).
       inner_optimizer: any optax transformation to use instead of SGD; use
@@ -124,23 +208,190 @@ def maml(
         second-order gradients at zero gradients.
       adapt: which parameters adapt (``None``: all; see :func:`metajax.inner.adapt_mask`).
       remat: rematerialise each inner step (memory for compute).
-      backprop_steps: truncate the meta-gradient to the last k inner steps.
+      backprop_steps: truncate the meta-gradient to the last k inner steps (the
+        earlier ones count as first order; see :func:`metajax.inner.adapt`).
+      multi_step_loss: per-step query-loss weights ``[inner_steps]``, or a function
+        ``outer_step -> weights``; ``None``: only the final query loss.
+      learn_inner_lr: meta-learn per-layer, per-step inner learning rates.
+      learn_hyperparams: names of ``inner_optimizer``'s hyperparameters to
+        meta-learn; ``inner_optimizer`` must come from ``optax.inject_hyperparams``
+        (learned inner optimizers; see :func:`metajax.inner.with_hyperparams`).
+      first_order_steps: outer steps run first order before switching to second order.
 
     Returns:
-      A :class:`MetaLearner`.
+      A :class:`MetaLearner`. Its meta-parameters are the model parameters, or, when
+      something besides them is learned, ``{"params": theta, "inner_lr": ...,
+      "inner_hyperparams": {name: value}}`` (only the keys in use).
 
-    Reference: Finn, Abbeel, Levine, "Model-Agnostic Meta-Learning for Fast
-    Adaptation of Deep Networks", ICML 2017.
+    Example:
+      >>> learner = maml(loss_fn, 0.1, 5, learn_inner_lr=True,
+      ...                multi_step_loss=multi_step_loss_weights(5, num_epochs=20))
+      >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.5)
+      >>> learned_opt = maml(loss_fn, inner_steps=5, inner_optimizer=tx,
+      ...                    learn_hyperparams=("learning_rate", "momentum"))
+
+    References: Finn, Abbeel, Levine, "Model-Agnostic Meta-Learning for Fast
+    Adaptation of Deep Networks", ICML 2017. Antoniou, Edwards, Storkey, "How to
+    train your MAML", ICLR 2019.
     """
+    learn_hyperparams = tuple(learn_hyperparams)
+    if learn_inner_lr and inner_optimizer is not None:
+        raise ValueError(
+            "learn_inner_lr replaces the inner optimizer; do not pass inner_optimizer."
+        )
+    if learn_hyperparams and inner_optimizer is None:
+        raise ValueError(
+            "learn_hyperparams needs an inner_optimizer built with optax.inject_hyperparams, "
+            "e.g. optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)."
+        )
+    if multi_step_loss is not None and not callable(multi_step_loss):
+        if jnp.shape(multi_step_loss) != (inner_steps,):
+            raise ValueError(
+                f"multi_step_loss must have shape [inner_steps] = ({inner_steps},); "
+                f"got {jnp.shape(multi_step_loss)}."
+            )
     tx = inner_optimizer if inner_optimizer is not None else inner_lib.sgd(inner_lr)
+    steps_for_lr = max(inner_steps, 1)
+    if not (learn_inner_lr or learn_hyperparams):
+        init, params, make_optimizer = (lambda p: p), (lambda m: m), (lambda _: tx)
+    else:
+
+        def init(p):
+            meta = {"params": p}
+            if learn_inner_lr:
+                meta["inner_lr"] = jax.tree.map(
+                    lambda x: jnp.full((steps_for_lr,), inner_lr, x.dtype), p
+                )
+            if learn_hyperparams:
+                current = getattr(tx.init(p), "hyperparams", None)
+                if not isinstance(current, dict):
+                    raise TypeError(
+                        "learn_hyperparams needs an inner_optimizer built with "
+                        "optax.inject_hyperparams."
+                    )
+                unknown = sorted(set(learn_hyperparams) - set(current))
+                if unknown:
+                    raise ValueError(
+                        f"learn_hyperparams {unknown} are not numeric hyperparameters of "
+                        f"inner_optimizer; it has {sorted(current)}."
+                    )
+                meta["inner_hyperparams"] = {k: current[k] for k in learn_hyperparams}
+            return meta
+
+        def params(m):
+            return m["params"]
+
+        def make_optimizer(m):
+            if learn_inner_lr:
+                return inner_lib.per_step_sgd(m["inner_lr"])
+            return inner_lib.with_hyperparams(tx, m["inner_hyperparams"])
+
     return _gradient_based(
         loss_fn,
-        inner_optimizer=lambda _: tx,
+        inner_optimizer=make_optimizer,
         inner_steps=inner_steps,
         first_order=first_order,
         adapt=adapt,
         remat=remat,
         backprop_steps=backprop_steps,
+        init=init,
+        params=params,
+        multi_step_loss=multi_step_loss,
+        first_order_steps=first_order_steps,
+    )
+
+
+def multi_step_loss_weights(
+    inner_steps: int, num_epochs: int, steps_per_epoch: int = 500
+) -> Callable[[jax.Array], jax.Array]:
+    """MAML++'s annealed multi-step-loss weights, as a function of the outer step.
+
+    With ``K = inner_steps`` and ``e = outer_step // steps_per_epoch``: every step's
+    query loss starts with weight ``1/K``; each epoch the non-final weights drop by
+    ``1/(K * num_epochs)`` (to at least ``0.03/K``) and the final one grows by
+    ``(K-1)/(K * num_epochs)`` (to at most ``1 - 0.03 (K-1)/K``), so the weights
+    always sum to 1. From epoch ``num_epochs`` on, only the final query loss counts
+    (weights ``[0, ..., 0, 1]``), as in the reference implementation.
+
+    Args:
+      inner_steps: ``K``.
+      num_epochs: epochs of annealing (MAML++'s ``multi_step_loss_num_epochs``).
+      steps_per_epoch: outer steps per epoch (MAML++: 500).
+
+    Returns:
+      ``weights(outer_step) -> [K]`` (jit-compatible; the step may be traced).
+
+    Reference: Antoniou, Edwards, Storkey, "How to train your MAML", ICLR 2019, sec. 4
+    ("multi-step loss optimization").
+    """
+    if inner_steps < 1 or num_epochs < 1 or steps_per_epoch < 1:
+        raise ValueError("inner_steps, num_epochs and steps_per_epoch must be >= 1.")
+    k = inner_steps
+    decay = 1.0 / k / num_epochs
+    floor = 0.03 / k
+
+    def weights(step: ArrayLike) -> jax.Array:
+        epoch = (jnp.asarray(step, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+        non_final = jnp.maximum(1.0 / k - epoch * decay, floor)
+        final = jnp.minimum(1.0 / k + epoch * (k - 1) * decay, 1.0 - (k - 1) * floor)
+        annealing = jnp.concatenate([jnp.full((k - 1,), non_final), final[None]])
+        return jnp.where(epoch < num_epochs, annealing, jax.nn.one_hot(k - 1, k))
+
+    return weights
+
+
+def cosine_outer_lr(
+    learning_rate: float, total_steps: int, min_learning_rate: float = 1e-5
+) -> optax.Schedule:
+    """MAML++'s cosine annealing of the outer learning rate (an optax schedule).
+
+    ``lr(t) = min + (lr - min) (1 + cos(pi t / total_steps)) / 2``, then ``min``; the
+    same curve as PyTorch's ``CosineAnnealingLR(T_max, eta_min)``, per step rather
+    than per epoch. Use as ``optax.adam(cosine_outer_lr(1e-3, 60_000))``.
+
+    Reference: Antoniou et al. 2019, sec. 4 ("cosine annealing of meta-optimizer
+    learning rate"); Loshchilov & Hutter, "SGDR", ICLR 2017.
+    """
+    return optax.cosine_decay_schedule(
+        learning_rate, total_steps, alpha=min_learning_rate / learning_rate
+    )
+
+
+def maml_plus_plus(
+    loss_fn: Callable,
+    inner_lr: float = 0.1,
+    inner_steps: int = 5,
+    first_order: bool = False,
+    *,
+    multi_step_epochs: int = 20,
+    steps_per_epoch: int = 500,
+    first_order_steps: int = 0,
+    **kwargs,
+) -> MetaLearner:
+    """MAML++: :func:`maml` with its options set as in the paper's Omniglot runs.
+
+    Multi-step loss annealed over ``multi_step_epochs`` epochs of ``steps_per_epoch``
+    outer steps (:func:`multi_step_loss_weights`), per-layer per-step learned inner
+    learning rates initialised to ``inner_lr``, and derivative-order annealing after
+    ``first_order_steps`` outer steps (the paper's Omniglot configs use second order
+    throughout: 0). Pair it with ``optax.adam(cosine_outer_lr(1e-3, total_steps))``.
+    Per-step batch-norm weights are not included (see :func:`maml`).
+
+    Reference: Antoniou, Edwards, Storkey, "How to train your MAML", ICLR 2019.
+    """
+    return maml(
+        loss_fn,
+        inner_lr,
+        inner_steps,
+        first_order,
+        multi_step_loss=multi_step_loss_weights(
+            inner_steps, num_epochs=multi_step_epochs, steps_per_epoch=steps_per_epoch
+        )
+        if inner_steps
+        else None,
+        learn_inner_lr=True,
+        first_order_steps=first_order_steps,
+        **kwargs,
     )
 
 
@@ -274,7 +525,8 @@ def pretrain(
     )
     base_loss = as_loss_with_aux(loss_fn)
 
-    def loss(params, task: Task):
+    def loss(params, task: Task, step=None):
+        del step
         check_task(task)
         joint = jax.tree.map(lambda s, q: jnp.concatenate([s, q]), task.support, task.query)
         joint_loss, _ = base_loss(params, joint)
@@ -283,13 +535,3 @@ def pretrain(
         return joint_loss, aux
 
     return learner._replace(loss=loss)
-
-
-ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
-    "maml": maml,
-    "fomaml": fomaml,
-    "anil": anil,
-    "meta-sgd": meta_sgd,
-    "reptile": reptile,
-    "pretrain": pretrain,
-}
