@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metajax import algorithms
+from metajax import algorithms, parallel
 from metajax.data import episodes
 from metajax.data import omniglot as omniglot_data
 from metajax.losses import accuracy, softmax_cross_entropy, weighted_mean
 from metajax.models import conv4
-from metajax.runner import restore_run, run_training
+from metajax.runner import is_main_process, restore_run, run_training
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
 Algorithm = Literal[
@@ -73,6 +73,9 @@ class OmniglotTrain:
       val_episodes: validation episodes per evaluation.
       checkpoint_every: checkpoint period (steps).
       progress: show a progress bar.
+      devices: devices the meta-batch is sharded over (:mod:`metajax.parallel`): 0 for
+        every device (one CPU, 8 simulated CPUs, a GPU, all TPU cores), 1 for a single
+        one. A meta-batch that does not divide them is padded with weightless tasks.
     """
 
     workdir: str = "runs/omniglot/maml-5w1s"
@@ -97,6 +100,7 @@ class OmniglotTrain:
     val_episodes: int = 200
     checkpoint_every: int = 250
     progress: bool = True
+    devices: int = 0
 
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
@@ -307,7 +311,20 @@ def train(cfg: OmniglotTrain) -> TrainState:
     )
     if cfg.steps_per_call > 1:
         step = repeat_step(step, cfg.steps_per_call)
-    jitted = jax.jit(step, donate_argnums=0)
+    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
+    if num_devices > 1:
+        mesh = parallel.make_mesh(num_devices)
+        padded = parallel.padded_size(cfg.meta_batch, num_devices)
+        if padded != cfg.meta_batch and is_main_process():
+            print(
+                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
+                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
+                flush=True,
+            )
+        jitted = parallel.shard_train_step(step, mesh)
+        state, train_images = parallel.replicate((state, train_images), mesh)
+    else:
+        jitted = jax.jit(step, donate_argnums=0)
 
     eval_fn = None
     if cfg.eval_every:
