@@ -38,6 +38,7 @@ from metajax.losses import (
     squared_error,
     weighted_mean,
 )
+from metajax.runtime import tune_host_allocator
 from metajax.tasks import Batch, Task
 from metajax.train import (
     TrainState,
@@ -90,5 +91,6 @@ __all__ = [
     "reptile",
     "softmax_cross_entropy",
     "squared_error",
+    "tune_host_allocator",
     "weighted_mean",
 ]

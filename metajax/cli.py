@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = tyro.cli(
         getattr(module, config_name), args=argv[2:], prog=f"metajax {command} {argv[1]}"
     )
+    from metajax.runtime import tune_host_allocator
+
+    tune_host_allocator()  # reuse freed host memory between steps (see metajax.runtime)
     getattr(module, fn_name)(config)
     return 0
 
