@@ -25,7 +25,7 @@ import optax
 
 from metajax.algorithms.base import MetaLearner
 from metajax.losses import weighted_mean
-from metajax.parallel import shard_tasks
+from metajax.parallel import TASK_AXIS, shard_tasks
 from metajax.tasks import Task
 
 TaskSampler = Callable[[jax.Array], Task]
@@ -84,6 +84,92 @@ def init_train_state(
     )
 
 
+#: ``task_parallel="auto"`` on CPU: the largest array one chunk of tasks may create.
+#: The L2 cache per core of the 2-core Xeon it was measured on.
+AUTO_CPU_CHUNK_BYTES = 2 * 2**20
+
+
+def _largest_array_bytes(jaxpr) -> int:
+    """Bytes of the largest value any equation of ``jaxpr`` (or of its sub-jaxprs) creates."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            aval = getattr(var, "aval", None)
+            try:
+                largest = max(largest, int(aval.size) * aval.dtype.itemsize)
+            except (AttributeError, TypeError):  # tokens, key types without a size
+                pass
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, "eqns"):
+                    largest = max(largest, _largest_array_bytes(sub))
+    return largest
+
+
+def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | int:
+    """The task-parallel mode ``"auto"`` stands for; other modes are returned unchanged.
+
+    The rule, from ``benchmarks/task_parallel.py`` (every mode compiled in one process
+    and timed in alternating rounds; ``benchmarks/results/task_parallel.md``):
+
+    * GPU and TPU: ``"vmap"``. One batched program keeps the device busy; ``lax.map``
+      would run every task's small kernels one after the other. (Not measured here.)
+    * Tasks sharded over several devices (a mesh with a ``"tasks"`` axis in context,
+      :mod:`metajax.parallel`): ``"vmap"``, the formulation the sharded-step tests
+      check; a loop over a sharded axis may make XLA gather it. (Not measured.)
+    * CPU: the per-task function is traced once more (no compilation; about 1-3 s for
+      second-order MAML on conv4) to find the largest array it creates, ``b`` bytes;
+      chunks of ``c = AUTO_CPU_CHUNK_BYTES // b`` tasks are vmapped: ``"vmap"`` if ``c``
+      covers every task, ``"map"`` if ``c <= 1``. The likely cause (not profiled):
+      elementwise work (batch norm, ReLU, pooling, the im2col patch copies) streams
+      these arrays through memory, and batched over many tasks they outgrow the cache.
+
+    Measured on a 2-core Xeon (2 MiB L2 per core) shared with other jobs (load
+    average 4.5-12), seconds per meta-step, second-order MAML:
+
+    =====================================  =======  =========  ======  ======  ======
+    workload (largest per-task array)      vmap     map        2       4       8
+    =====================================  =======  =========  ======  ======  ======
+    conv4-64, W1, meta-batch 32 (2.3 MB)   6.5      2.7        2.6     3.6     4.5
+    conv4-32, meta-batch 16 (1.1 MB)       0.59     0.25       0.26    0.32    0.40
+    MLP 1-40-40-1, mb 25, 1 step (6 kB)    0.0010   0.0012     0.0012  0.0010  0.0009
+    MLP, mb 25, 5 inner steps (32 kB)      0.0025   0.0041     0.0035  0.0030  0.0026
+    =====================================  =======  =========  ======  ======  ======
+
+    ``"auto"`` picked ``"map"``, ``"map"``, ``"vmap"``, ``"vmap"``. The MLP's 0.9-1.0 ms
+    differences are within the spread of the runs. ``lax.map`` also needs the least
+    memory (W1: 42 MB of program memory against 794 MB for ``vmap``).
+
+    Args:
+      mode: ``"auto"``, ``"vmap"``, ``"map"`` or a chunk size.
+      fn: the per-task function.
+      tasks: the batch of tasks (arrays or tracers) with a leading ``[tasks]`` axis.
+
+    Returns:
+      ``"vmap"``, ``"map"`` or a chunk size.
+    """
+    if mode != "auto":
+        return mode
+    mesh = jax.sharding.get_abstract_mesh()
+    sharded = (
+        mesh is not None
+        and not mesh.empty
+        and TASK_AXIS in mesh.axis_names
+        and dict(zip(mesh.axis_names, mesh.axis_sizes))[TASK_AXIS] > 1
+    )
+    if jax.default_backend() != "cpu" or sharded:
+        return "vmap"
+    leaves = jax.tree.leaves(tasks)
+    n_tasks = leaves[0].shape[0] if leaves else 1
+    one_task = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tasks)
+    largest = _largest_array_bytes(jax.make_jaxpr(fn)(one_task).jaxpr)
+    chunk = AUTO_CPU_CHUNK_BYTES // max(largest, 1)
+    if chunk >= n_tasks:
+        return "vmap"
+    return "map" if chunk <= 1 else int(chunk)
+
+
 def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
     """Applies a per-task function over the leading task axis.
 
@@ -91,19 +177,23 @@ def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
       fn: function of one task (any pytree slice).
       tasks: pytree with a leading ``[tasks]`` axis.
       mode: ``"vmap"`` (one batched program), ``"map"`` (``lax.map``: one task at a
-        time inside the compiled program, least memory), or an int ``c``: chunks of
-        ``c`` tasks vmapped, ``lax.map`` across chunks.
+        time inside the compiled program, least memory), an int ``c``: chunks of
+        ``c`` tasks vmapped, ``lax.map`` across chunks, or ``"auto"``: one of those
+        by the rule of :func:`resolve_task_parallel`.
 
     Returns:
       ``fn``'s outputs stacked along a leading task axis.
     """
+    mode = resolve_task_parallel(mode, fn, tasks)
     if mode == "vmap":
         return jax.vmap(fn)(tasks)
     if mode == "map":
         return jax.lax.map(fn, tasks)
     if isinstance(mode, int) and not isinstance(mode, bool) and mode >= 1:
         return jax.lax.map(fn, tasks, batch_size=mode)
-    raise ValueError(f"task_parallel must be 'vmap', 'map' or a positive chunk size; got {mode!r}.")
+    raise ValueError(
+        f"task_parallel must be 'auto', 'vmap', 'map' or a positive chunk size; got {mode!r}."
+    )
 
 
 def make_train_step(
@@ -112,7 +202,7 @@ def make_train_step(
     *,
     sample_tasks: TaskSampler | None = None,
     meta_batch: int | None = None,
-    task_parallel: str | int = "vmap",
+    task_parallel: str | int = "auto",
     pre_adaptation_metrics: bool = True,
 ) -> Callable:
     """Returns a pure meta-training step.
@@ -126,6 +216,8 @@ def make_train_step(
         argument rather than closing over it, so it is not baked into the program.
       meta_batch: tasks per step when ``sample_tasks`` is given.
       task_parallel: how tasks run (see :func:`map_tasks`); results are the same.
+        The default, ``"auto"``, is ``"vmap"`` on GPU/TPU and, on CPU, chunks sized
+        to the model (:func:`resolve_task_parallel`).
       pre_adaptation_metrics: also report the query loss (and metrics) at the
         un-adapted parameters (one extra forward pass per task).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -41,6 +42,33 @@ def test_task_parallel_modes_agree():
         chex.assert_trees_all_close(results[mode], results["vmap"], rtol=2e-5, atol=1e-6)
     with pytest.raises(ValueError, match="task_parallel"):
         mj.make_train_step(learner, outer, task_parallel="pmap")
+
+
+def test_task_parallel_auto_matches_vmap(monkeypatch):
+    learner, outer, state, _ = _setup()
+    tasks = task_batch(jax.random.key(5), n_tasks=5)
+    assert inspect.signature(mj.make_train_step).parameters["task_parallel"].default == "auto"
+
+    def run(mode):
+        new_state, metrics = jax.jit(mj.make_train_step(learner, outer, task_parallel=mode))(
+            state, tasks
+        )
+        return new_state.meta_params, new_state.opt_state, metrics
+
+    per_task = lambda task: learner.loss(state.meta_params, task)
+    vmap = run("vmap")
+    # A tiny model: every task fits the CPU chunk budget, so "auto" is "vmap" everywhere.
+    assert mj.train.resolve_task_parallel("auto", per_task, tasks) == "vmap"
+    chex.assert_trees_all_close(run("auto"), vmap, rtol=2e-5, atol=1e-6)
+    if jax.default_backend() != "cpu":
+        return
+    # A budget of two of its largest arrays: chunks of 2 tasks (then of 1: lax.map).
+    one_task = jax.tree.map(lambda x: x[0], tasks)
+    largest = mj.train._largest_array_bytes(jax.make_jaxpr(per_task)(one_task).jaxpr)
+    for budget, expected in ((2 * largest, 2), (largest, "map")):
+        monkeypatch.setattr(mj.train, "AUTO_CPU_CHUNK_BYTES", budget)
+        assert mj.train.resolve_task_parallel("auto", per_task, tasks) == expected
+        chex.assert_trees_all_close(run("auto"), vmap, rtol=2e-5, atol=1e-6)
 
 
 def test_task_weights_zero_equals_dropping_the_task():
