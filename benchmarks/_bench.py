@@ -306,6 +306,16 @@ def source_state() -> dict:
     }
 
 
+def setup_host(tune_allocator: bool = True) -> bool:
+    """Applies :func:`metajax.tune_host_allocator` (as the CLI does) unless told not to.
+
+    glibc otherwise returns every freed buffer above 32 MB to the kernel, so a step with
+    large temporaries page-faults them afresh on every call (see :mod:`metajax.runtime`).
+    Returns whether the tuning is in effect.
+    """
+    return mj.tune_host_allocator() if tune_allocator else False
+
+
 def machine() -> dict:
     """Facts recorded with every figure."""
     return {

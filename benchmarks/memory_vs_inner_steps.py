@@ -70,6 +70,7 @@ def measure(
     channels: int,
     task_parallel: str,
     max_run_mb: float,
+    tune_allocator: bool = True,
 ) -> dict:
     """Compiles and runs one W1-shaped MAML meta-step in this process.
 
@@ -85,6 +86,7 @@ def measure(
     from metajax.models import conv4
     from metajax.recipes.omniglot import classifier_loss
 
+    allocator_tuned = mj.tune_host_allocator() if tune_allocator else False
     first_order, remat = VARIANTS[variant]
     ways, shots, queries = 5, 1, 1
     rng = np.random.default_rng(0)
@@ -140,6 +142,7 @@ def measure(
         "meta_batch": meta_batch,
         "channels": channels,
         "task_parallel": task_parallel,
+        "allocator_tuned": allocator_tuned,
         "argument_mb": arg / 2**20,
         "output_mb": out / 2**20,
         "temp_mb": tmp / 2**20,
@@ -221,6 +224,11 @@ def main(argv=None) -> int:
         default=8000,
         help="only compile (no run, no RSS) configurations whose program needs more",
     )
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--md", default=None, help="write the markdown table here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -240,6 +248,7 @@ def main(argv=None) -> int:
                 channels=args.channels,
                 task_parallel=args.task_parallel,
                 max_run_mb=args.max_run_mb,
+                tune_allocator=not args.no_tune_allocator,
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -265,7 +274,8 @@ def main(argv=None) -> int:
         f"meta-batch {args.meta_batch}, task_parallel={args.task_parallel}; jax "
         f"{ok[0]['jax_version'] if ok else '?'} on {ok[0]['device'] if ok else '?'} "
         f"({os.cpu_count()} cores), {machine['when']}, load average "
-        f"{load_before[0]:.2f} before / {machine['loadavg_after'][0]:.2f} after."
+        f"{load_before[0]:.2f} before / {machine['loadavg_after'][0]:.2f} after; host "
+        f"allocator {'not ' if args.no_tune_allocator else ''}tuned (metajax.tune_host_allocator)."
     )
     table = markdown(rows, header)
     print(table)

@@ -44,7 +44,13 @@ METAJAX_VARIANTS = ("metajax-plain", "metajax-fused", "metajax-fused-sampled")
 
 
 def time_metajax(
-    variant: str, workload_name: str, *, warmup: int, iters: int, steps_per_call: int
+    variant: str,
+    workload_name: str,
+    *,
+    warmup: int,
+    iters: int,
+    steps_per_call: int,
+    tune_allocator: bool = True,
 ) -> dict:
     """Times one metajax variant on a W3 workload, in this process."""
     import jax
@@ -57,6 +63,7 @@ def time_metajax(
     from metajax.data.sinusoid import SinusoidDistribution
     from metajax.models.mlp import MLP
 
+    allocator_tuned = mj.tune_host_allocator() if tune_allocator else False
     w = get_workload(workload_name)
     if w["family"] != "sinusoid":
         raise ValueError("this script times the sinusoid workloads (W3)")
@@ -123,6 +130,7 @@ def time_metajax(
         "peer": variant,
         "workload": workload_name,
         "steps_per_call": spc,
+        "allocator_tuned": allocator_tuned,
         "sec_per_step_median": med,
         "sec_per_step_iqr": float(q75 - q25),
         "tasks_per_s": w["meta_batch"] / med,
@@ -135,7 +143,9 @@ def time_metajax(
     }
 
 
-def run_metajax_isolated(variant, workload, *, warmup, iters, steps_per_call) -> dict:
+def run_metajax_isolated(
+    variant, workload, *, warmup, iters, steps_per_call, tune_allocator=True
+) -> dict:
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -147,6 +157,7 @@ def run_metajax_isolated(variant, workload, *, warmup, iters, steps_per_call) ->
                 warmup=warmup,
                 iters=iters,
                 steps_per_call=steps_per_call,
+                tune_allocator=tune_allocator,
             )
         ),
     ]
@@ -263,6 +274,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--peer-threads", type=int, default=None, help="torch threads (default: all cores)"
     )
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="metajax workers: leave glibc's malloc as it is (tuned by default, as the CLI does)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--md", default=None, help="write the markdown table here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -290,6 +306,7 @@ def main(argv=None) -> int:
                         warmup=args.warmup,
                         iters=args.plain_iters if plain else args.fused_iters,
                         steps_per_call=args.steps_per_call,
+                        tune_allocator=not args.no_tune_allocator,
                     )
                 else:
                     r = run_isolated(
@@ -321,7 +338,9 @@ def main(argv=None) -> int:
         f"{ok[0]['jax_version'] if ok else '?'}, torch {torch_row.get('torch_version', '?')} "
         f"({torch_row.get('threads', '?')} threads), {os.cpu_count()} CPU cores shared with "
         f"other work: load average {load_before[0]:.2f} before, {load_after[0]:.2f} after. "
-        f"metajax-fused runs {args.steps_per_call} meta-steps per compiled call. "
+        f"metajax-fused runs {args.steps_per_call} meta-steps per compiled call; metajax "
+        f"workers {'without' if args.no_tune_allocator else 'with'} "
+        "metajax.tune_host_allocator. "
         "Speed-up columns: metajax's median per-round ratio of step times (peer / metajax)."
     )
     table = markdown(summary, ratios, header, command)

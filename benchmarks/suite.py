@@ -23,8 +23,9 @@ For every configuration it reports:
 * memory: the compiled program's ``memory_analysis()`` (temp + argument + output).
 
 The default grid is a base configuration per model and one axis changed at a time
-(about 10 minutes on a 2-core CPU); ``--full-grid`` takes the product of the values.
-The first value of each axis is the base.
+(5-10 minutes on a 2-core CPU); ``--full-grid`` takes the product of the values.
+The first value of each axis is the base; the base task-parallel mode is
+``make_train_step``'s default, ``"auto"`` (the table shows what it resolved to).
 
 Usage:
   python benchmarks/suite.py --out benchmarks/results/suite.jsonl --md benchmarks/results/suite.md
@@ -50,7 +51,7 @@ DEFAULT_AXES = {
         "meta_batch": [25, 5, 100],
         "inner_steps": [1, 5],
         "first_order": [False, True],
-        "task_parallel": ["vmap", "map", 5],
+        "task_parallel": ["auto", "map", 5],
         "remat": [False, True],
         "steps_per_call": [10, 1],
     },
@@ -58,7 +59,7 @@ DEFAULT_AXES = {
         "meta_batch": [8, 16],
         "inner_steps": [1, 3],
         "first_order": [False, True],
-        "task_parallel": ["vmap", "map"],
+        "task_parallel": ["auto", "vmap"],
         "remat": [False, True],
         "steps_per_call": [1],
     },
@@ -108,6 +109,7 @@ def run_model(model: str, axes: dict, *, full: bool, channels: int, scale: float
             {
                 **dataclasses.asdict(c.cfg),
                 "task_parallel": str(c.cfg.task_parallel),
+                "resolved_task_parallel": c.resolved_task_parallel,
                 "compile_s": c.compile_s,
                 "ms_per_meta_step": 1e3 * sec_per_step,
                 "ms_per_meta_step_iqr": 1e3 * stats["sec_per_call_iqr"] / spc,
@@ -134,9 +136,12 @@ def markdown(rows: list[dict], peak: float, header: str) -> str:
     ]
     for r in rows:
         model = "mlp" if r["model"] == "mlp" else f"conv4-{r['channels']}"
+        mode = r["task_parallel"]
+        if mode == "auto":
+            mode = f"auto (= {r['resolved_task_parallel']})"
         lines.append(
             f"| {model} | {r['meta_batch']} | {r['inner_steps']} "
-            f"| {'first' if r['first_order'] else 'second'} | {r['task_parallel']} "
+            f"| {'first' if r['first_order'] else 'second'} | {mode} "
             f"| {'on' if r['remat'] else 'off'} | {r['steps_per_call']} "
             f"| {r['ms_per_meta_step']:.3f} (±{r['ms_per_meta_step_iqr']:.3f}) "
             f"| {r['tasks_per_s']:.0f} | {r['compile_s']:.1f} | {r['gflop_per_meta_step']:.3f} "
@@ -158,9 +163,15 @@ def main(argv=None) -> int:
     parser.add_argument("--conv4-channels", type=int, default=32)
     parser.add_argument("--full-grid", action="store_true", help="product of all axis values")
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="scale timing rounds")
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--md", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
+    allocator_tuned = _bench.setup_host(not args.no_tune_allocator)
 
     overrides = {
         "meta_batch": args.meta_batch,
@@ -190,6 +201,7 @@ def main(argv=None) -> int:
         "matmul_peak_before": peak_before,
         "matmul_peak_after": peak_after,
         "loadavg_before": before["loadavg"],
+        "allocator_tuned": allocator_tuned,
         **after,
     }
     for r in rows:
@@ -204,7 +216,8 @@ def main(argv=None) -> int:
         f"{after['devices']} device), {after['when']}. float32 matmul peak measured in the "
         f"same process: {peak:.0f} GFLOP/s (2048x2048 jnp.dot; "
         f"{peak_before['median']:.0f} before, {peak_after['median']:.0f} after). Load "
-        f"average {before['loadavg'][0]:.2f} before, {after['loadavg'][0]:.2f} after."
+        f"average {before['loadavg'][0]:.2f} before, {after['loadavg'][0]:.2f} after. Host "
+        f"allocator {'tuned' if allocator_tuned else 'not tuned'} (metajax.tune_host_allocator)."
     )
     table = markdown(rows, peak, header)
     print(table)

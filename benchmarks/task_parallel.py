@@ -51,9 +51,15 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--modes", nargs="+", default=["vmap", "map", "2", "4", "8", "auto"])
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="scale the repeats")
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--md", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
+    allocator_tuned = _bench.setup_host(not args.no_tune_allocator)
 
     before = _bench.machine()
     rows = []
@@ -93,12 +99,14 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "a") as f:
             for r in rows:
-                f.write(json.dumps({**r, **after, "loadavg_before": before["loadavg"]}) + "\n")
+                extra = {"loadavg_before": before["loadavg"], "allocator_tuned": allocator_tuned}
+                f.write(json.dumps({**r, **after, **extra}) + "\n")
     lines = [
         f"Task-parallel modes, jax {after['jax_version']} on {after['device']} "
         f"({after['cpus']} cores), {after['when']}; load average {before['loadavg'][0]:.2f} "
         f"before, {after['loadavg'][0]:.2f} after. Modes timed in alternating rounds in one "
-        "process.",
+        f"process; host allocator {'tuned' if allocator_tuned else 'not tuned'} "
+        "(metajax.tune_host_allocator).",
         "",
         "| workload | task_parallel | ms / meta-step (median, IQR) | x vmap time | tasks/s "
         "| exec MB (temp + arg + out) | compile s |",

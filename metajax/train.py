@@ -125,21 +125,25 @@ def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | in
       elementwise work (batch norm, ReLU, pooling, the im2col patch copies) streams
       these arrays through memory, and batched over many tasks they outgrow the cache.
 
-    Measured on a 2-core Xeon (2 MiB L2 per core) shared with other jobs (load
-    average 4.5-12), seconds per meta-step, second-order MAML:
+    Measured on a 2-core Xeon (2 MiB L2 per core) shared with other jobs (load average
+    2.7-3.9), host allocator tuned as the CLI does (:func:`metajax.tune_host_allocator`),
+    seconds per meta-step, second-order MAML:
 
-    =====================================  =======  =========  ======  ======  ======
-    workload (largest per-task array)      vmap     map        2       4       8
-    =====================================  =======  =========  ======  ======  ======
-    conv4-64, W1, meta-batch 32 (2.3 MB)   6.5      2.7        2.6     3.6     4.5
-    conv4-32, meta-batch 16 (1.1 MB)       0.59     0.25       0.26    0.32    0.40
-    MLP 1-40-40-1, mb 25, 1 step (6 kB)    0.0010   0.0012     0.0012  0.0010  0.0009
-    MLP, mb 25, 5 inner steps (32 kB)      0.0025   0.0041     0.0035  0.0030  0.0026
-    =====================================  =======  =========  ======  ======  ======
+    =====================================  =======  =======  ======  ======  ======
+    workload (largest per-task array)      vmap     map      2       4       8
+    =====================================  =======  =======  ======  ======  ======
+    conv4-64, W1, meta-batch 32 (2.3 MB)   1.79     1.27     1.32    1.43    1.43
+    conv4-32, meta-batch 16 (1.1 MB)       0.344    0.198    0.193   0.222   0.295
+    MLP 1-40-40-1, mb 25, 1 step (6 kB)    0.0011   0.0011   0.0014  0.0013  0.0012
+    MLP, mb 25, 5 inner steps (32 kB)      0.0025   0.0039   0.0034  0.0028  0.0024
+    =====================================  =======  =======  ======  ======  ======
 
-    ``"auto"`` picked ``"map"``, ``"map"``, ``"vmap"``, ``"vmap"``. The MLP's 0.9-1.0 ms
-    differences are within the spread of the runs. ``lax.map`` also needs the least
-    memory (W1: 42 MB of program memory against 794 MB for ``vmap``).
+    ``"auto"`` picked ``"map"``, ``"map"``, ``"vmap"``, ``"vmap"`` (1.24 s, 0.187 s,
+    1.06 ms, 2.37 ms in the same runs). ``lax.map`` also needs the least memory (W1:
+    42 MB of program memory against 794 MB for ``vmap``). Without the allocator tuning
+    ``vmap`` suffers most, as its large temporaries are page-faulted afresh on every
+    call: W1 6.5 s with ``vmap`` against 2.7 s with ``lax.map`` (load average 4.5-12;
+    ``benchmarks/results/task_parallel_untuned_allocator.md``).
 
     Args:
       mode: ``"auto"``, ``"vmap"``, ``"map"`` or a chunk size.
