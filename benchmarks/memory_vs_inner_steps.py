@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -277,7 +278,10 @@ def main(argv=None) -> int:
         f"{load_before[0]:.2f} before / {machine['loadavg_after'][0]:.2f} after; host "
         f"allocator {'not ' if args.no_tune_allocator else ''}tuned (metajax.tune_host_allocator)."
     )
-    table = markdown(rows, header)
+    command = "python benchmarks/memory_vs_inner_steps.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    table = markdown(rows, header + f"\n\nCommand: `{command.strip()}`")
     print(table)
     if args.md:
         with open(args.md, "w") as f:

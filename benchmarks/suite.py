@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -219,7 +220,8 @@ def main(argv=None) -> int:
         f"average {before['loadavg'][0]:.2f} before, {after['loadavg'][0]:.2f} after. Host "
         f"allocator {'tuned' if allocator_tuned else 'not tuned'} (metajax.tune_host_allocator)."
     )
-    table = markdown(rows, peak, header)
+    command = "python benchmarks/suite.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    table = markdown(rows, peak, header + f"\n\nCommand: `{command.strip()}`")
     print(table)
     if args.md:
         with open(args.md, "w") as f:

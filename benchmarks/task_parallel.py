@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +108,13 @@ def main(argv=None) -> int:
         f"before, {after['loadavg'][0]:.2f} after. Modes timed in alternating rounds in one "
         f"process; host allocator {'tuned' if allocator_tuned else 'not tuned'} "
         "(metajax.tune_host_allocator).",
+        "",
+        "Command: `"
+        + (
+            "python benchmarks/task_parallel.py "
+            + shlex.join(sys.argv[1:] if argv is None else argv)
+        ).strip()
+        + "`",
         "",
         "| workload | task_parallel | ms / meta-step (median, IQR) | x vmap time | tasks/s "
         "| exec MB (temp + arg + out) | compile s |",
