@@ -38,7 +38,7 @@ from metajax.losses import (
     squared_error,
     weighted_mean,
 )
-from metajax.runtime import tune_host_allocator
+from metajax.runtime import enable_compilation_cache, tune_host_allocator
 from metajax.tasks import Batch, Task
 from metajax.train import (
     TrainState,
@@ -91,6 +91,7 @@ __all__ = [
     "reptile",
     "softmax_cross_entropy",
     "squared_error",
+    "enable_compilation_cache",
     "tune_host_allocator",
     "weighted_mean",
 ]

@@ -80,9 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = tyro.cli(
         getattr(module, config_name), args=argv[2:], prog=f"metajax {command} {argv[1]}"
     )
-    from metajax.runtime import tune_host_allocator
+    from metajax.runtime import enable_compilation_cache, tune_host_allocator
 
     tune_host_allocator()  # reuse freed host memory between steps (see metajax.runtime)
+    enable_compilation_cache()  # a resumed run reuses its compiled step
     getattr(module, fn_name)(config)
     return 0
 

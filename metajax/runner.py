@@ -72,6 +72,17 @@ def _append_jsonl(path: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _commit_to_devices(tree: Any) -> Any:
+    """Commits each single-device array to its device (sharded ones already are)."""
+
+    def commit(x):
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) == 1:
+            return jax.device_put(x, x.sharding)
+        return x
+
+    return jax.tree.map(commit, tree)
+
+
 def is_main_process() -> bool:
     """Only process 0 writes logs and metrics files in a multi-host run."""
     return jax.process_index() == 0
@@ -151,7 +162,10 @@ def run_training(
         os.replace(config_path + ".tmp", config_path)
 
     ckpt = Checkpointer(workdir)
-    state = ckpt.restore_latest(state)
+    # A restored state is committed to its device and a fresh one is not, and jit
+    # compiles the two as different programs; committing both lets a resumed run
+    # reuse the first run's compiled step (from the persistent compilation cache).
+    state = _commit_to_devices(ckpt.restore_latest(state))
     start = int(jax.device_get(state.step))
     metrics_path = os.path.join(workdir, METRICS_FILE)
     eval_path = os.path.join(workdir, EVAL_FILE)

@@ -34,7 +34,7 @@ def test_readme_quickstart_runs():
 def test_readme_test_command_is_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = 'pip install -e ".[test]" && python -m pytest -q tests'
+    command = 'pip install -e ".[test]" && python -m pytest -q -n auto --dist loadfile tests'
     assert command in readme and command in ci
 
 

@@ -53,3 +53,43 @@ def test_can_be_disabled(monkeypatch):
 
     monkeypatch.setenv("METAJAX_TUNE_ALLOCATOR", "0")
     assert mj.tune_host_allocator() is False
+
+
+CACHE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import jax
+    import metajax as mj
+    print(mj.enable_compilation_cache(min_compile_secs=0.0))
+    print(mj.enable_compilation_cache("/elsewhere"))  # keeps the configured directory
+    f = jax.jit(lambda x: (x @ x.T).sum())
+    print(float(f(jax.numpy.ones((4, 4)))))
+    d = jax.config.jax_compilation_cache_dir
+    print(bool(d) and os.listdir(d) != [])
+    """
+)
+
+
+def _run_cache_script(env):
+    import os
+
+    full = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    full.pop("METAJAX_CACHE_DIR", None)
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", CACHE_SCRIPT], capture_output=True, text=True, env=full
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_compilation_cache_defaults_to_a_user_cache_dir_and_stores_programs(tmp_path):
+    lines = _run_cache_script({"XDG_CACHE_HOME": str(tmp_path)})
+    expected = str(tmp_path / "metajax" / "xla")
+    assert lines == [expected, expected, "64.0", "True"]
+
+
+def test_compilation_cache_can_be_disabled(tmp_path):
+    lines = _run_cache_script({"METAJAX_CACHE_DIR": "0", "XDG_CACHE_HOME": str(tmp_path)})
+    assert lines == ["None", "None", "64.0", "False"]
+    assert not (tmp_path / "metajax").exists()
