@@ -16,10 +16,16 @@ Examples:
   metajax eval text-mlm --workdirs runs/language/text-mlm/maml runs/language/text-mlm/pretrain
   metajax train smlmt --init-from runs/language/text-mlm/pretrain --workdir runs/language/smlmt/maml
   metajax eval intents --workdirs runs/language/smlmt/maml runs/language/text-mlm/pretrain
+
+Several processes (hosts) join one run through JAX's multi-controller runtime with
+options before the command, given to every process:
+  metajax --coordinator-address host0:12355 --num-processes 2 --process-id 0 train omniglot
+  metajax --distributed train omniglot   # Cloud TPU, SLURM, ...: JAX detects the rest
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -49,16 +55,78 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: metajax COMMAND EXPERIMENT [--options]", "", "commands:"]
+    lines = [
+        "usage: metajax [MULTI-PROCESS OPTIONS] COMMAND EXPERIMENT [--options]",
+        "",
+        "commands:",
+    ]
     for command, experiments in COMMANDS.items():
         lines.append(f"  {command:<9} {', '.join(experiments)}")
     lines.append("\n`metajax COMMAND EXPERIMENT --help` lists the options.")
+    lines.append(
+        "\nmulti-process options (every process gets the same command; see metajax.parallel):\n"
+        "  --coordinator-address HOST:PORT  process 0's address, reachable from all\n"
+        "  --num-processes N                processes in the run\n"
+        "  --process-id I                   this process's index (0 writes logs and metrics)\n"
+        "  --distributed                    let JAX detect the above (Cloud TPU, SLURM, MPI)"
+    )
     return "\n".join(lines)
+
+
+def _distributed_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metajax", add_help=False, exit_on_error=False)
+    parser.add_argument("--coordinator-address")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--distributed", action="store_true")
+    return parser
+
+
+def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Leading ``--option [value]`` arguments (before the command), and the rest."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--") and argv[i] not in ("--help",):
+        i += 1 if argv[i] == "--distributed" or "=" in argv[i] else 2
+    return argv[:i], argv[i:]
+
+
+def _start_distributed(options: list[str]) -> str | None:
+    """Starts ``jax.distributed`` from the leading options; an error message or None."""
+    if not options:
+        return None
+    try:
+        args, unknown = _distributed_parser().parse_known_args(options)
+    except argparse.ArgumentError as e:
+        return str(e)
+    if unknown:
+        return f"unrecognised options before the command: {unknown}"
+    given = [args.coordinator_address, args.num_processes, args.process_id]
+    if not args.distributed and any(v is None for v in given):
+        return (
+            "--coordinator-address, --num-processes and --process-id go together "
+            "(or use --distributed to let JAX detect them)."
+        )
+    if args.num_processes is not None and not 0 <= (args.process_id or 0) < args.num_processes:
+        return f"--process-id {args.process_id} must be in [0, {args.num_processes})."
+    from metajax import parallel
+
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metajax`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    global_options, argv = _split_global_options(argv)
+    if global_options and (
+        not argv or argv[0] not in COMMANDS or len(argv) < 2 or argv[1] not in COMMANDS[argv[0]]
+    ):
+        argv = argv or []  # fall through to the usage errors below before starting JAX
+    elif global_options:
+        error = _start_distributed(global_options)
+        if error:
+            print(f"metajax: {error}", file=sys.stderr)
+            return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

@@ -84,43 +84,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.multidevice
-def test_two_processes_equal_one_process(tmp_path):
-    """Two ``jax.distributed`` processes x 2 CPU devices give one process's result.
-
-    The script itself compares with process 0 alone on one device, checks that only
-    process 0 wrote metrics, and saves, restores and resumes a checkpoint on both.
-    """
-    port = _free_port()
+def _run_together(commands: list[list[str]], env: dict, tmp_path, name: str) -> None:
+    """Starts the processes of one run and fails the test with their logs if one fails."""
     procs, logs = [], []
-    for process_id in (0, 1):
-        log = open(tmp_path / f"process{process_id}.log", "w+")
-        command = [
-            sys.executable,
-            str(HELPERS / "two_processes.py"),
-            f"--process-id={process_id}",
-            "--num-processes=2",
-            f"--port={port}",
-            f"--workdir={tmp_path}",
-        ]
+    for i, command in enumerate(commands):
+        log = open(tmp_path / f"{name}{i}.log", "w+")
         procs.append(
-            subprocess.Popen(command, env=_env(2), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         )
         logs.append(log)
     failures = []
     try:
-        # Poll both: if one fails, the other would wait for it until JAX's own timeout.
+        # Poll all: if one fails, the others would wait for it until JAX's own timeout.
         deadline = time.monotonic() + TIMEOUT_S
         while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
             if any(proc.poll() not in (None, 0) for proc in procs):
                 break
             time.sleep(0.2)
-        for process_id, proc in enumerate(procs):
+        for i, proc in enumerate(procs):
             code = proc.poll()
             if code is None:
-                code = "killed (timed out, or the other process failed)"
+                code = "killed (timed out, or another process failed)"
             if code != 0:
-                failures.append((process_id, code))
+                failures.append((i, code))
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -135,7 +121,29 @@ def test_two_processes_equal_one_process(tmp_path):
         report = "\n".join(
             f"--- process {i} (exit {code}) ---\n{_tail(outputs[i])}" for i, code in failures
         )
-        pytest.fail(f"two-process run failed (port {port}):\n{report}")
+        pytest.fail(f"{name}: a process failed:\n{report}")
+
+
+@pytest.mark.multidevice
+def test_two_processes_equal_one_process(tmp_path):
+    """Two ``jax.distributed`` processes x 2 CPU devices give one process's result.
+
+    The script itself compares with process 0 alone on one device, checks that only
+    process 0 wrote metrics, and saves, restores and resumes a checkpoint on both.
+    """
+    port = _free_port()
+    commands = [
+        [
+            sys.executable,
+            str(HELPERS / "two_processes.py"),
+            f"--process-id={process_id}",
+            "--num-processes=2",
+            f"--port={port}",
+            f"--workdir={tmp_path}",
+        ]
+        for process_id in (0, 1)
+    ]
+    _run_together(commands, _env(2), tmp_path, f"two_processes (port {port})")
     reports = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in (0, 1)]
     for i, report in enumerate(reports):
         assert report["process_id"] == i and report["process_count"] == 2
@@ -145,6 +153,60 @@ def test_two_processes_equal_one_process(tmp_path):
     assert reports[0]["task_indices"] == [0, 1, 2, 3]
     assert reports[1]["task_indices"] == [4, 5, 0, 1]
     assert reports[1]["task_weights"] == [1.0, 1.0, 0.0, 0.0]
+
+
+def _metrics(path) -> list[dict]:
+    rows = [json.loads(line) for line in open(path)]
+    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in rows]
+
+
+@pytest.mark.multidevice
+def test_cli_two_processes_equal_one_process(tmp_path):
+    """``metajax --coordinator-address ... train sinusoid`` on 2 processes x 2 devices
+    writes the metrics, validation and checkpoint of the same run on 1 process x 4."""
+    options = ["--steps=20", "--steps-per-call=10", "--log-every=10", "--eval-every=20"]
+    options += ["--checkpoint-every=20", "--meta-batch=6", "--no-progress"]
+    train = [sys.executable, "-m", "metajax.cli"]
+    one = tmp_path / "one"
+    _run_together(
+        [[*train, "train", "sinusoid", f"--workdir={one}", *options]],
+        _env(4),
+        tmp_path,
+        "one process",
+    )
+    two, port = tmp_path / "two", _free_port()
+    _run_together(
+        [
+            [
+                *train,
+                f"--coordinator-address=localhost:{port}",
+                "--num-processes=2",
+                f"--process-id={i}",
+                "train",
+                "sinusoid",
+                f"--workdir={two}",
+                *options,
+            ]
+            for i in (0, 1)
+        ],
+        _env(2),
+        tmp_path,
+        f"two processes (port {port})",
+    )
+    log0 = (tmp_path / f"two processes (port {port})0.log").read_text()
+    assert "padded to 8 tasks" in log0  # 6 tasks over 4 devices
+    expected, got = _metrics(one / "metrics.jsonl"), _metrics(two / "metrics.jsonl")
+    assert [r["step"] for r in got] == [10, 20]
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(list(b.values()), list(a.values()), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        list(_metrics(two / "eval.jsonl")[-1].values()),
+        list(_metrics(one / "eval.jsonl")[-1].values()),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert sorted(os.listdir(two / "checkpoints")) == sorted(os.listdir(one / "checkpoints"))
 
 
 # --- in this process (one device) ---------------------------------------------------
