@@ -119,3 +119,23 @@ def test_resume_equals_uninterrupted(tmp_path):
         jax.device_get(resumed.meta_params), jax.device_get(straight.meta_params)
     )
     assert np.array_equal(jax.random.key_data(resumed.rng), jax.random.key_data(straight.rng))
+
+
+def test_protonet_trains_on_more_ways_than_it_is_tested_on(tmp_path):
+    # Snell et al. train 60-way and test 5- and 20-way; a protonet has no head that
+    # fixes the ways, so evaluation may use more ways than training too.
+    workdir = str(tmp_path / "proto")
+    cfg = {**TINY, "channels": 4, "meta_batch": 1, "checkpoint_every": 2, "log_every": 2}
+    omniglot.train(
+        omniglot.OmniglotTrain(
+            workdir=workdir, algorithm="protonet", steps=2, **{**cfg, "ways": 10}
+        )
+    )
+    result = omniglot.evaluate(
+        omniglot.OmniglotEval(workdir=workdir, episodes=8, batch=8, ways=(5, 20))
+    )
+    by_ways = {r["ways"]: r["accuracy_after_step"] for r in result["settings"]}
+    assert sorted(by_ways) == [5, 20]
+    for ways, acc in by_ways.items():
+        assert acc[0] == pytest.approx(1 / ways)  # no prototypes yet: uniform (chance)
+        assert 1 / ways < acc[-1] <= 1.0  # an untrained conv4 embedding beats chance

@@ -385,7 +385,10 @@ def evaluate(cfg: OmniglotEval) -> dict:
     train_cfg = train_cfg.resolved()
     ways_list = (train_cfg.ways,) if cfg.ways is None else tuple(cfg.ways)
     shots_list = (train_cfg.shots,) if cfg.shots is None else tuple(cfg.shots)
-    if max(ways_list) > train_cfg.ways or min(ways_list) < 2:
+    # A classifier head fixes the most ways; prototypical networks have none and are
+    # trained on more ways than they are tested on (Snell et al.: 60-way training).
+    has_head = train_cfg.algorithm != "protonet"
+    if min(ways_list) < 2 or (has_head and max(ways_list) > train_cfg.ways):
         raise ValueError(
             f"ways must be between 2 and the head's size {train_cfg.ways} (the run was "
             f"trained {train_cfg.ways}-way); got {ways_list}."
@@ -414,7 +417,10 @@ def evaluate(cfg: OmniglotEval) -> dict:
             )
         )(keys)
         batch_stats = conv4.population_stats(state.meta_params, support, conv=train_cfg.conv)
-    learner = build_learner(train_cfg, batch_stats)
+    if has_head:
+        learner = build_learner(train_cfg, batch_stats)
+    else:  # prototypes for the largest evaluated number of ways
+        learner = build_learner(dataclasses.replace(train_cfg, ways=max(ways_list)), batch_stats)
 
     settings = [(w, k) for w in ways_list for k in shots_list]
     if settings == [(train_cfg.ways, train_cfg.shots)]:
