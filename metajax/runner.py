@@ -147,10 +147,12 @@ def run_training(
             with open(config_path) as f:
                 old = json.load(f)
             new = json.loads(json.dumps(config))  # tuples -> lists, as stored
+            # Options newer than the run's config.json are not compared: the run
+            # started before they existed, i.e. with their defaults.
             changed = {
-                k: (old.get(k), v)
+                k: (old[k], v)
                 for k, v in new.items()
-                if k not in OPERATIONAL_KEYS and old.get(k) != v
+                if k not in OPERATIONAL_KEYS and k in old and old[k] != v
             }
             if changed:
                 raise ValueError(

@@ -191,6 +191,16 @@ def test_resume_refuses_a_different_config(tmp_path):
             config={"name": "other"},
             progress=False,
         )
+    # An option the stored config predates (added to the library since) is not a change.
+    state = mj.runner.run_training(
+        workdir=str(tmp_path),
+        state=state,
+        train_step=jax.jit(step),
+        num_steps=6,
+        config={"name": "test", "new_option": 3},
+        progress=False,
+    )
+    assert int(state.step) == 6
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_path):

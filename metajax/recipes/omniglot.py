@@ -76,6 +76,10 @@ class OmniglotTrain:
       devices: devices the meta-batch is sharded over (:mod:`metajax.parallel`): 0 for
         every device (one CPU, 8 simulated CPUs, a GPU, all TPU cores), 1 for a single
         one. A meta-batch that does not divide them is padded with weightless tasks.
+      imaml_lam: iMAML's proximal regularisation strength lambda (``imaml`` only;
+        Rajeswaran et al.'s Omniglot value, 2.0).
+      imaml_cg_steps: conjugate-gradient steps of iMAML's implicit meta-gradient
+        (``imaml`` only; the paper's 5).
     """
 
     workdir: str = "runs/omniglot/maml-5w1s"
@@ -101,6 +105,8 @@ class OmniglotTrain:
     checkpoint_every: int = 250
     progress: bool = True
     devices: int = 0
+    imaml_lam: float = 2.0
+    imaml_cg_steps: int = 5
 
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
@@ -131,8 +137,9 @@ class OmniglotEval:
       seed: seed of the test episodes.
       batch: episodes per compiled call.
       ways: evaluate these numbers of ways (default: as trained; at most the head's
-        size). Several settings (``--ways 3 5 --shots 1 5``) share one compiled
-        program: episodes are padded to the largest setting and padding has weight 0.
+        size, any number for ``protonet``). Several settings (``--ways 3 5 --shots 1
+        5``) share one compiled program: episodes are padded to the largest setting
+        and padding has weight 0.
       shots: evaluate these numbers of shots (default: as trained).
       batch_norm: ``transductive`` (the paper's: each batch is normalised with its own
         statistics) or ``population`` (non-transductive: fixed statistics of the
@@ -198,10 +205,14 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None):
     if cfg.algorithm == "protonet":
         return algorithms.protonet(classifier_features(cfg.conv, batch_stats), num_classes=cfg.ways)
     factory = algorithms.ALGORITHMS[cfg.algorithm]
+    extra = {}
+    if cfg.algorithm == "imaml":
+        extra = {"lam": cfg.imaml_lam, "cg_steps": cfg.imaml_cg_steps}
     return factory(
         classifier_loss(cfg.conv, batch_stats),
         inner_lr=cfg.inner_lr,
         inner_steps=cfg.inner_steps,
+        **extra,
     )
 
 
