@@ -38,7 +38,8 @@ Algorithm = Literal[
 # Paper values (inner lr, inner steps, eval inner steps) where they differ from MAML's:
 # MAML++'s Omniglot configs (5 steps, initial per-step lr 0.1) and iMAML-GD's
 # released Omniglot command (16 steps, lr 0.1; lambda 2, 5 CG steps are imaml's defaults).
-_ALGORITHM_INNER_DEFAULTS = {"maml++": (0.1, 5, 5), "imaml": (0.1, 16, 16)}
+# A prototypical network has no inner steps: its "adaptation" (the prototypes) is one.
+_ALGORITHM_INNER_DEFAULTS = {"maml++": (0.1, 5, 5), "imaml": (0.1, 16, 16), "protonet": (0.0, 1, 1)}
 
 
 @dataclasses.dataclass(frozen=True)
