@@ -15,12 +15,18 @@ Not a public module: the scripts in ``benchmarks/`` put this directory on
   leaves out all inner steps but one (and, under ``lax.map``, all tasks but one).
 * :func:`matmul_peak_gflops` measures the machine's float32 matmul rate in the
   calling process.
+* :func:`add_output_args`, :func:`append_jsonl` and :func:`write_table`: the
+  ``--no-tune-allocator/--out/--md`` options every script takes and what they write.
+* :func:`random_omniglot_tasks`: a fixed batch of Omniglot-shaped tasks of random
+  images, for the scripts that time a step on explicit tasks.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -329,3 +335,57 @@ def machine() -> dict:
         "loadavg": os.getloadavg(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def add_output_args(parser: argparse.ArgumentParser, *, md: bool = True) -> None:
+    """``--no-tune-allocator``, ``--out`` (JSON lines) and, with ``md``, ``--md``."""
+    parser.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
+    )
+    parser.add_argument("--out", default=None, help="append JSON lines here")
+    if md:
+        parser.add_argument("--md", default=None, help="write the markdown table here")
+
+
+def append_jsonl(path: str | None, records) -> None:
+    """Appends one JSON line per record to ``path`` (nothing if ``path`` is None)."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_table(table: str, path: str | None) -> None:
+    """Prints a markdown table and writes it to ``path`` if given."""
+    print(table)
+    if path:
+        with open(path, "w") as f:
+            f.write(table)
+
+
+def random_omniglot_tasks(
+    rng: np.random.Generator,
+    *,
+    tasks: int,
+    ways: int,
+    shots: int,
+    queries: int,
+    normal: bool = False,
+) -> mj.Task:
+    """``tasks`` N-way tasks of random 28x28 images (uniform, or standard normal)."""
+
+    def batch(per_class):
+        n = ways * per_class
+        shape = (tasks, n, 28, 28, 1)
+        images = rng.standard_normal(shape) if normal else rng.random(shape)
+        return mj.Batch(
+            jnp.asarray(images, jnp.float32),
+            jnp.asarray(np.tile(np.tile(np.arange(ways), per_class), (tasks, 1)), jnp.int32),
+            jnp.ones((tasks, n), jnp.float32),
+        )
+
+    return mj.Task(batch(shots), batch(queries))

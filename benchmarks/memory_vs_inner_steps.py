@@ -78,8 +78,8 @@ def measure(
     The step is only compiled, not run, when the compiled program needs more than
     ``max_run_mb`` (the RSS fields are then NaN): the machine is shared.
     """
+    import _bench  # this directory is on sys.path when a script runs
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
 
@@ -90,17 +90,14 @@ def measure(
     allocator_tuned = mj.tune_host_allocator() if tune_allocator else False
     first_order, remat = VARIANTS[variant]
     ways, shots, queries = 5, 1, 1
-    rng = np.random.default_rng(0)
-
-    def batch(per_class):
-        n = ways * per_class
-        return mj.Batch(
-            jnp.asarray(rng.standard_normal((meta_batch, n, 28, 28, 1)), jnp.float32),
-            jnp.asarray(np.tile(np.tile(np.arange(ways), per_class), (meta_batch, 1)), jnp.int32),
-            jnp.ones((meta_batch, n), jnp.float32),
-        )
-
-    tasks = mj.Task(batch(shots), batch(queries))
+    tasks = _bench.random_omniglot_tasks(
+        np.random.default_rng(0),
+        tasks=meta_batch,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        normal=True,
+    )
     learner = mj.maml(
         classifier_loss("im2col"),
         inner_lr=0.4,
@@ -213,6 +210,8 @@ def markdown(rows: list[dict], header: str) -> str:
 
 
 def main(argv=None) -> int:
+    import _bench  # imports jax; the measurements run in fresh processes
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -225,13 +224,7 @@ def main(argv=None) -> int:
         default=8000,
         help="only compile (no run, no RSS) configurations whose program needs more",
     )
-    parser.add_argument(
-        "--no-tune-allocator",
-        action="store_true",
-        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
-    )
-    parser.add_argument("--out", default=None, help="append JSON lines here")
-    parser.add_argument("--md", default=None, help="write the markdown table here")
+    _bench.add_output_args(parser)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -253,9 +246,6 @@ def main(argv=None) -> int:
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import _bench
-
     machine = {
         **_bench.source_state(),
         "machine": platform.processor() or platform.machine(),
@@ -264,11 +254,7 @@ def main(argv=None) -> int:
         "loadavg_after": os.getloadavg(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps({**r, **machine}) + "\n")
+    _bench.append_jsonl(args.out, [{**r, **machine} for r in rows])
     ok = [r for r in rows if "error" not in r]
     header = (
         f"MAML meta-step on conv4-{args.channels}, W1 shape (5-way 1-shot, 1 query/class), "
@@ -282,10 +268,7 @@ def main(argv=None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     table = markdown(rows, header + f"\n\nCommand: `{command.strip()}`")
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
+    _bench.write_table(table, args.md)
     return 0
 
 

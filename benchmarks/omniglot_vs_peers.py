@@ -45,8 +45,8 @@ def time_metajax(
     """Times metajax's jitted train step on one workload, in this process."""
     import resource
 
+    import _bench  # this directory is on sys.path when a script runs
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
     from torch_peers import get_workload  # the workload definitions only; no torch needed
@@ -60,17 +60,9 @@ def time_metajax(
     if w["family"] != "omniglot":
         raise ValueError("this script times the Omniglot workloads (W1, W2)")
     ways, shots, queries, tasks_n = w["ways"], w["shots"], w["queries"], w["meta_batch"]
-    rng = np.random.default_rng(0)
-
-    def batch(per_class):
-        n = ways * per_class
-        return mj.Batch(
-            jnp.asarray(rng.random((tasks_n, n, 28, 28, 1)), jnp.float32),
-            jnp.asarray(np.tile(np.tile(np.arange(ways), per_class), (tasks_n, 1)), jnp.int32),
-            jnp.ones((tasks_n, n), jnp.float32),
-        )
-
-    tasks = mj.Task(batch(shots), batch(queries))
+    tasks = _bench.random_omniglot_tasks(
+        np.random.default_rng(0), tasks=tasks_n, ways=ways, shots=shots, queries=queries
+    )
     learner = mj.maml(
         classifier_loss(conv),
         inner_lr=w["inner_lr"],
@@ -237,11 +229,9 @@ def main(argv=None) -> int:
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            for r in results:
-                f.write(json.dumps({**r, **machine}) + "\n")
+    import _bench  # (imports jax: only after the isolated measurements)
+
+    _bench.append_jsonl(args.out, [{**r, **machine} for r in results])
 
     print(
         "| workload | library | s / meta-step (median, IQR) | tasks/s | peak RSS MB | "

@@ -23,11 +23,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
+import _bench  # noqa: E402  (this directory is on sys.path when a script runs)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,17 +53,9 @@ def matmul_peak_gflops(n: int = 2048, iters: int = 5) -> float:
 
 
 def build_parts(queries: int, *, conv: str, tasks_n: int = 32, ways: int = 5, shots: int = 1):
-    rng = np.random.default_rng(0)
-
-    def batch(per_class):
-        n = ways * per_class
-        return mj.Batch(
-            jnp.asarray(rng.random((tasks_n, n, 28, 28, 1)), jnp.float32),
-            jnp.asarray(np.tile(np.tile(np.arange(ways), per_class), (tasks_n, 1)), jnp.int32),
-            jnp.ones((tasks_n, n), jnp.float32),
-        )
-
-    tasks = mj.Task(batch(shots), batch(queries))
+    tasks = _bench.random_omniglot_tasks(
+        np.random.default_rng(0), tasks=tasks_n, ways=ways, shots=shots, queries=queries
+    )
     loss_fn = classifier_loss(conv)
     params = conv4.init(jax.random.key(0), ways=ways)
     per_task = jax.tree.map(lambda p: jnp.broadcast_to(p, (tasks_n, *p.shape)) * 1.0, params)
@@ -159,10 +151,7 @@ def main(argv=None) -> int:
             f"{r['gflop']:.1f} | {r['gbytes_accessed']:.1f} | {r['flop_per_byte']:.1f} | "
             f"{r['gflop_per_s']:.1f} | {100 * r['fraction_of_matmul_peak']:.0f}% |"
         )
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+    _bench.append_jsonl(args.out, records)
     return 0
 
 

@@ -324,13 +324,13 @@ def main(argv=None) -> int:
     summary, ratios = summarize(results, args.workloads, runners)
     load_after = os.getloadavg()
     when = time.strftime("%Y-%m-%d %H:%M:%S")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            for r in results:
-                f.write(json.dumps({**r, "kind": "measurement", "when": when}) + "\n")
-            for r in summary + ratios:
-                f.write(json.dumps({**r, "kind": "summary", "when": when}) + "\n")
+    import _bench  # (imports jax: only after the isolated measurements)
+
+    _bench.append_jsonl(
+        args.out,
+        [{**r, "kind": "measurement", "when": when} for r in results]
+        + [{**r, "kind": "summary", "when": when} for r in summary + ratios],
+    )
     ok = [r for r in results if "jax_version" in r]
     torch_row = next((r for r in results if "torch_version" in r), {})
     header = (
@@ -344,10 +344,7 @@ def main(argv=None) -> int:
         "Speed-up columns: metajax's median per-round ratio of step times (peer / metajax)."
     )
     table = markdown(summary, ratios, header, command)
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
+    _bench.write_table(table, args.md)
     return 0
 
 

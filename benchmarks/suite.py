@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import shlex
 import sys
@@ -164,13 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--conv4-channels", type=int, default=32)
     parser.add_argument("--full-grid", action="store_true", help="product of all axis values")
     parser.add_argument("--repeats-scale", type=float, default=1.0, help="scale timing rounds")
-    parser.add_argument(
-        "--no-tune-allocator",
-        action="store_true",
-        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
-    )
-    parser.add_argument("--out", default=None, help="append JSON lines here")
-    parser.add_argument("--md", default=None, help="write the markdown table here")
+    _bench.add_output_args(parser)
     args = parser.parse_args(argv)
     allocator_tuned = _bench.setup_host(not args.no_tune_allocator)
 
@@ -207,11 +200,7 @@ def main(argv=None) -> int:
     }
     for r in rows:
         r["fraction_of_matmul_peak"] = r["achieved_gflop_per_s"] / peak
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps({**r, **extra}) + "\n")
+    _bench.append_jsonl(args.out, [{**r, **extra} for r in rows])
     header = (
         f"jax {after['jax_version']} on {after['device']} ({after['cpus']} cores, "
         f"{after['devices']} device), {after['when']}. float32 matmul peak measured in the "
@@ -222,10 +211,7 @@ def main(argv=None) -> int:
     )
     command = "python benchmarks/suite.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     table = markdown(rows, peak, header + f"\n\nCommand: `{command.strip()}`")
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
+    _bench.write_table(table, args.md)
     return 0
 
 

@@ -52,13 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--modes", nargs="+", default=["vmap", "map", "2", "4", "8", "auto"])
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="scale the repeats")
-    parser.add_argument(
-        "--no-tune-allocator",
-        action="store_true",
-        help="leave glibc's malloc as it is (metajax.tune_host_allocator is applied by default)",
-    )
-    parser.add_argument("--out", default=None, help="append JSON lines here")
-    parser.add_argument("--md", default=None, help="write the markdown table here")
+    _bench.add_output_args(parser)
     args = parser.parse_args(argv)
     allocator_tuned = _bench.setup_host(not args.no_tune_allocator)
 
@@ -96,12 +90,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "times"}), flush=True)
     after = _bench.machine()
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            for r in rows:
-                extra = {"loadavg_before": before["loadavg"], "allocator_tuned": allocator_tuned}
-                f.write(json.dumps({**r, **after, **extra}) + "\n")
+    extra = {"loadavg_before": before["loadavg"], "allocator_tuned": allocator_tuned}
+    _bench.append_jsonl(args.out, [{**r, **after, **extra} for r in rows])
     lines = [
         f"Task-parallel modes, jax {after['jax_version']} on {after['device']} "
         f"({after['cpus']} cores), {after['when']}; load average {before['loadavg'][0]:.2f} "
@@ -134,10 +124,7 @@ def main(argv=None) -> int:
                 f"| {r.get('exec_mb', float('nan')):.1f} | {r['compile_s']:.1f} |"
             )
     table = "\n".join(lines) + "\n"
-    print(table)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table)
+    _bench.write_table(table, args.md)
     return 0
 
 

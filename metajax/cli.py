@@ -85,7 +85,7 @@ def _distributed_parser() -> argparse.ArgumentParser:
 def _split_global_options(argv: list[str]) -> tuple[list[str], list[str]]:
     """Leading ``--option [value]`` arguments (before the command), and the rest."""
     i = 0
-    while i < len(argv) and argv[i].startswith("--") and argv[i] not in ("--help",):
+    while i < len(argv) and argv[i].startswith("--") and argv[i] != "--help":
         i += 1 if argv[i] == "--distributed" or "=" in argv[i] else 2
     return argv[:i], argv[i:]
 
@@ -118,11 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metajax`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     global_options, argv = _split_global_options(argv)
-    if global_options and (
-        not argv or argv[0] not in COMMANDS or len(argv) < 2 or argv[1] not in COMMANDS[argv[0]]
-    ):
-        argv = argv or []  # fall through to the usage errors below before starting JAX
-    elif global_options:
+    valid = len(argv) >= 2 and argv[0] in COMMANDS and argv[1] in COMMANDS[argv[0]]
+    if global_options and valid:  # a bad command gets its usage error before JAX starts
         error = _start_distributed(global_options)
         if error:
             print(f"metajax: {error}", file=sys.stderr)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from metajax.recipes import omniglot
-from metajax.train import make_train_step
 
 
 # conv4's second-order (maml++) and Hessian-vector-product (imaml) programs take about a
@@ -38,12 +37,7 @@ def test_recipe_learner_trains_and_evaluates(algorithm):
     images = jax.random.randint(jax.random.key(0), (8, 20, 28, 28), 0, 256).astype(jnp.uint8)
     learner = omniglot.build_learner(cfg)
     state, outer = omniglot.initial_state(cfg)
-    step = make_train_step(
-        learner,
-        outer,
-        sample_tasks=omniglot._episode_sampler(cfg.ways, cfg.shots, cfg.queries),
-        meta_batch=cfg.meta_batch,
-    )
+    step = omniglot.make_step(cfg, learner, outer)
     new_state, metrics = jax.jit(step)(state, images)
     assert int(new_state.step) == 1
     for name, value in metrics.items():

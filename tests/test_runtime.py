@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -71,8 +72,6 @@ CACHE_SCRIPT = textwrap.dedent(
 
 
 def _run_cache_script(env):
-    import os
-
     full = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     full.pop("METAJAX_CACHE_DIR", None)
     full.update(env)

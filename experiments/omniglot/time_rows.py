@@ -22,7 +22,6 @@ import jax
 from metajax import runtime
 from metajax.data import omniglot as omniglot_data
 from metajax.recipes import omniglot
-from metajax.train import make_train_step
 
 ROWS = [(5, 1), (5, 5), (20, 1), (20, 5)]
 
@@ -40,15 +39,7 @@ def main() -> None:
         images, _ = omniglot.load_images(cfg, "train", data)
         learner = omniglot.build_learner(cfg)
         state, outer = omniglot.initial_state(cfg)
-        step = jax.jit(
-            make_train_step(
-                learner,
-                outer,
-                sample_tasks=omniglot._episode_sampler(cfg.ways, cfg.shots, cfg.queries),
-                meta_batch=cfg.meta_batch,
-            ),
-            donate_argnums=0,
-        )
+        step = jax.jit(omniglot.make_step(cfg, learner, outer), donate_argnums=0)
         t0 = time.perf_counter()
         state, metrics = step(state, images)
         jax.block_until_ready(metrics)

@@ -308,6 +308,22 @@ def episode_accuracy(run, meta_params, images, *, episodes_count, batch, seed) -
     return np.concatenate(out)
 
 
+def make_step(cfg: OmniglotTrain, learner, outer: optax.GradientTransformation):
+    """The run's unjitted train step ``(state, images) -> (state, metrics)``.
+
+    It draws the meta-batch's episodes from ``images`` on the device and runs
+    ``cfg.steps_per_call`` meta-steps per call.
+    """
+    cfg = cfg.resolved()
+    step = make_train_step(
+        learner,
+        outer,
+        sample_tasks=_episode_sampler(cfg.ways, cfg.shots, cfg.queries),
+        meta_batch=cfg.meta_batch,
+    )
+    return repeat_step(step, cfg.steps_per_call) if cfg.steps_per_call > 1 else step
+
+
 def train(cfg: OmniglotTrain) -> TrainState:
     """Meta-trains (or resumes) one Omniglot run; returns the final state."""
     cfg = cfg.resolved()
@@ -315,14 +331,7 @@ def train(cfg: OmniglotTrain) -> TrainState:
     state, outer = initial_state(cfg)
     data = omniglot_data.load_omniglot(cfg.data_dir)
     train_images, train_checksum = load_images(cfg, "train", data)
-    step = make_train_step(
-        learner,
-        outer,
-        sample_tasks=_episode_sampler(cfg.ways, cfg.shots, cfg.queries),
-        meta_batch=cfg.meta_batch,
-    )
-    if cfg.steps_per_call > 1:
-        step = repeat_step(step, cfg.steps_per_call)
+    step = make_step(cfg, learner, outer)
     num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
     if num_devices > 1:
         mesh = parallel.make_mesh(num_devices)
