@@ -149,7 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tune_host_allocator()  # reuse freed host memory between steps (see metajax.runtime)
     enable_compilation_cache()  # a resumed run reuses its compiled step
-    getattr(module, fn_name)(config)
+    from metajax.runner import Interrupted
+
+    try:
+        getattr(module, fn_name)(config)
+    except Interrupted as e:
+        print(f"metajax: {e}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     return 0
 
 

@@ -5,6 +5,11 @@ pulls metrics back every ``log_every`` steps (never every step: that would block
 the host on the device), writes them as JSON lines, evaluates, checkpoints and
 resumes. Rerunning the same command in the same work directory continues from the
 newest checkpoint and produces exactly the run an uninterrupted one would.
+
+SIGTERM (a scheduler's or a preemptible VM's notice, ``timeout -s TERM``) and the
+first SIGINT (Ctrl-C) stop the run gracefully: after the step in flight, pending
+metrics are written, a checkpoint is saved at that step, and :class:`Interrupted` is
+raised (the CLI exits with ``128 + signal``). A second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +90,54 @@ def _commit_to_devices(tree: Any) -> Any:
     return jax.tree.map(commit, tree)
 
 
+class Interrupted(Exception):
+    """A run stopped by a signal after checkpointing; the same command resumes it."""
+
+    def __init__(self, signum: int, step: int, workdir: str):
+        self.signum, self.step, self.workdir = signum, step, workdir
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} at step {step}; checkpoint saved in {workdir}. "
+            "Run the same command again to resume."
+        )
+
+
+class _StopOnSignal:
+    """Records SIGTERM/SIGINT while installed (main thread only); a second SIGINT raises."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, step: int, every: int) -> int | None:
+        """The signal to stop on, agreed by every process (checked each ``every`` steps there)."""
+        if jax.process_count() == 1:
+            return self.signum
+        if step % every:
+            return None
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+        return int(np.max(flags)) or None
+
+
 def is_main_process() -> bool:
     """Only process 0 writes logs and metrics files in a multi-host run."""
     return jax.process_index() == 0
@@ -128,6 +183,9 @@ def run_training(
     Raises:
       FloatingPointError: when the meta-loss becomes NaN or infinite; the last
         good checkpoint is kept.
+      Interrupted: after SIGTERM or SIGINT, once the state at the step reached is
+        checkpointed (in multi-process runs the processes agree on stopping every
+        ``log_every`` steps).
     """
     for name, every in (
         ("log_every", log_every),
@@ -220,7 +278,9 @@ def run_training(
                 )
 
     step = start
+    stop = _StopOnSignal()
     try:
+        stop.__enter__()
         while step < num_steps:
             state, metrics = train_step(state)
             step += steps_per_call
@@ -230,6 +290,13 @@ def run_training(
                 if pending is not None:
                     flush(*pending)
                 pending = (metrics, step)
+            signum = stop.requested(step, log_every)
+            if signum is not None and step < num_steps:
+                if pending is not None:
+                    flush(*pending)  # as at a checkpoint: the records up to this step
+                    pending = None
+                ckpt.save(step, state)
+                raise Interrupted(signum, step, workdir)
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 result = _to_python(eval_fn(state))
                 if main:
@@ -247,6 +314,7 @@ def run_training(
         if pending is not None:
             flush(*pending)
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.close()
         ckpt.close()

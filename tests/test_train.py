@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 
 import chex
 import jax
@@ -131,12 +132,12 @@ def test_init_train_state_rejects_legacy_keys():
         )
 
 
-def _run(workdir, num_steps, checkpoint_every=4):
+def _run(workdir, num_steps, checkpoint_every=4, wrap_step=lambda f: f):
     _, _, state, step = _setup()
     return mj.runner.run_training(
         workdir=str(workdir),
         state=state,
-        train_step=jax.jit(mj.repeat_step(step, 2)),
+        train_step=wrap_step(jax.jit(mj.repeat_step(step, 2))),
         num_steps=num_steps,
         steps_per_call=2,
         log_every=2,
@@ -164,6 +165,50 @@ def test_resume_continues_bit_for_bit(tmp_path):
     ]
     assert read(tmp_path / "resumed") == read(tmp_path / "straight")
     assert (tmp_path / "resumed" / "learning_curve.png").stat().st_size > 5_000
+
+
+def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_is_exact(tmp_path):
+    straight = _run(tmp_path / "straight", 12)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def signal_on_third_call(step_fn):
+        calls = []
+
+        def wrapped(state):
+            calls.append(1)
+            if len(calls) == 3:  # steps 5-6; checkpoints are every 4
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step_fn(state)
+
+        return wrapped
+
+    with pytest.raises(mj.runner.Interrupted, match="SIGTERM at step 6") as info:
+        _run(tmp_path / "resumed", 12, wrap_step=signal_on_third_call)
+    assert info.value.step == 6 and info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+    assert "6" in os.listdir(tmp_path / "resumed" / "checkpoints")
+    resumed = _run(tmp_path / "resumed", 12)
+    chex.assert_trees_all_equal(
+        jax.device_get(resumed.meta_params), jax.device_get(straight.meta_params)
+    )
+    read = lambda p: [
+        {k: v for k, v in r.items() if k != "sec_per_step"}
+        for r in mj.runner.read_jsonl(os.path.join(p, "metrics.jsonl"))
+    ]
+    assert read(tmp_path / "resumed") == read(tmp_path / "straight")
+
+
+def test_cli_exits_with_128_plus_the_signal_after_a_graceful_stop(monkeypatch, capsys):
+    from metajax import cli
+    from metajax.recipes import sinusoid
+
+    def interrupted(cfg):
+        raise mj.runner.Interrupted(signal.SIGTERM, 40, cfg.workdir)
+
+    monkeypatch.setattr(sinusoid, "train", interrupted)
+    monkeypatch.setenv("METAJAX_CACHE_DIR", "0")
+    assert cli.main(["train", "sinusoid", "--workdir", "somewhere"]) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at step 40; checkpoint saved in somewhere" in capsys.readouterr().err
 
 
 def test_checkpoint_roundtrip_restores_typed_key_and_leaves_no_temp_dirs(tmp_path):
