@@ -62,6 +62,8 @@ class StepConfig:
       ways: conv4 classes per task.
       queries: conv4 query examples per class.
       points: sinusoid support (and query) points per task.
+      conv: conv4's convolution formulation (``models.conv4``; ``"auto"``: im2col on
+        CPU, xla on GPU/TPU).
     """
 
     model: str = "mlp"
@@ -75,10 +77,15 @@ class StepConfig:
     ways: int = 5
     queries: int = 1
     points: int = 10
+    conv: str = "auto"
 
     def label(self) -> str:
         order = "fo" if self.first_order else "so"
-        model = self.model if self.model == "mlp" else f"conv4-{self.channels}"
+        model = (
+            self.model
+            if self.model == "mlp"
+            else f"conv4-{self.channels}-{conv4.resolve_conv(self.conv)}"
+        )
         return (
             f"{model} mb={self.meta_batch} k={self.inner_steps} {order} "
             f"tp={self.task_parallel}{' remat' if self.remat else ''} spc={self.steps_per_call}"
@@ -99,7 +106,7 @@ def _learner_and_sampler(cfg: StepConfig):
     elif cfg.model == "conv4":
         from metajax.recipes.omniglot import classifier_loss
 
-        loss_fn = classifier_loss("im2col")
+        loss_fn = classifier_loss(cfg.conv)
         params = conv4.init(jax.random.key(0), ways=cfg.ways, channels=cfg.channels)
         inner_lr = 0.4
 
@@ -280,8 +287,15 @@ def summarize(times: Sequence[float]) -> dict:
     }
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> dict:
-    """float32 ``[n, n] @ [n, n]`` rate of a jitted ``jnp.dot`` in this process (GFLOP/s)."""
+def matmul_peak_gflops(n: int | None = None, repeats: int = 10) -> dict:
+    """float32 ``[n, n] @ [n, n]`` rate of a jitted ``jnp.dot`` in this process (GFLOP/s).
+
+    At JAX's default precision, as the benchmarked steps run (on a GPU that may mean
+    TF32 tensor cores). ``n`` defaults to 2048 on the CPU and 8192 on accelerators,
+    where a smaller product would time the launch rather than the arithmetic.
+    """
+    if n is None:
+        n = 2048 if jax.default_backend() == "cpu" else 8192
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)

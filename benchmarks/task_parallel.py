@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--modes", nargs="+", default=["vmap", "map", "2", "4", "8", "auto"])
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="scale the repeats")
+    parser.add_argument(
+        "--conv", default="auto", choices=["auto", "im2col", "xla"], help="conv4 formulation"
+    )
     _bench.add_output_args(parser)
     args = parser.parse_args(argv)
     allocator_tuned = _bench.setup_host(not args.no_tune_allocator)
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
     for name in args.workloads:
         compiled = [
             _bench.compile_step(
-                _bench.StepConfig(**WORKLOADS[name], task_parallel=parse_mode(mode))
+                _bench.StepConfig(**WORKLOADS[name], task_parallel=parse_mode(mode), conv=args.conv)
             )
             for mode in args.modes
         ]

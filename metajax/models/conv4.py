@@ -16,6 +16,10 @@ are passed with ``batch_stats=...``.
 
 Convolution formulations (``conv=``), numerically the same function:
 
+* ``"auto"`` (the default): ``"im2col"`` when JAX's default backend is the CPU,
+  ``"xla"`` otherwise (:func:`resolve_conv`). On a GPU the convolution libraries
+  handle grouped convolutions well; on the CPU they do not (below).
+
 * ``"xla"``: ``lax.conv_general_dilated``. Under ``vmap`` over tasks with per-task
   (adapted) weights, JAX turns this into a grouped convolution
   (``feature_group_count = tasks``); XLA:CPU runs those, and their gradients,
@@ -47,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-ConvImpl = Literal["xla", "im2col"]
+ConvImpl = Literal["auto", "xla", "im2col"]
 BN_EPS = 1e-5
 
 
@@ -97,15 +101,23 @@ def init(
     return params
 
 
-def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "im2col") -> jax.Array:
+def resolve_conv(impl: ConvImpl) -> ConvImpl:
+    """The formulation ``"auto"`` stands for on the default backend; others unchanged."""
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "auto") -> jax.Array:
     """3x3 "same" convolution, NHWC input, HWIO kernel.
 
     Args:
       x: ``[N, H, W, C_in]``.
       w: ``[3, 3, C_in, C_out]``.
       b: ``[C_out]``.
-      impl: ``"xla"`` or ``"im2col"`` (see the module docstring).
+      impl: ``"auto"``, ``"xla"`` or ``"im2col"`` (see the module docstring).
     """
+    impl = resolve_conv(impl)
     if impl == "xla":
         y = jax.lax.conv_general_dilated(
             x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -120,7 +132,7 @@ def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "im2col")
         y = jnp.dot(patches.reshape(n * h * wd, 9 * c), w.reshape(9 * c, -1))
         y = y.reshape(n, h, wd, -1)
     else:
-        raise ValueError(f"conv impl must be 'xla' or 'im2col', got {impl!r}.")
+        raise ValueError(f"conv impl must be 'auto', 'xla' or 'im2col', got {impl!r}.")
     return y + b
 
 
@@ -169,7 +181,7 @@ def apply(
     params: dict[str, Any],
     images: ArrayLike,
     *,
-    conv: ConvImpl = "im2col",
+    conv: ConvImpl = "auto",
     example_mask: jax.Array | None = None,
     batch_stats: dict[str, tuple[jax.Array, jax.Array]] | None = None,
     return_features: bool = False,
@@ -179,7 +191,7 @@ def apply(
     Args:
       params: from :func:`init`.
       images: ``[N, H, W, C]`` float images.
-      conv: convolution formulation (``"im2col"`` or ``"xla"``).
+      conv: convolution formulation (``"auto"``, ``"im2col"`` or ``"xla"``).
       example_mask: ``[N]`` bools excluding padding from batch-norm statistics.
       batch_stats: ``{"bn0": (mean, var), ...}`` fixed statistics to use instead of
         the batch's (non-transductive evaluation; see :func:`population_stats`).
@@ -226,7 +238,7 @@ def _moments(x: jax.Array, example_mask: jax.Array | None) -> tuple[jax.Array, j
 
 
 def population_stats(
-    params: dict[str, Any], batches: ArrayLike, *, conv: ConvImpl = "im2col"
+    params: dict[str, Any], batches: ArrayLike, *, conv: ConvImpl = "auto"
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Population batch-norm statistics of ``params`` over many batches ("precise BN").
 

@@ -66,7 +66,9 @@ class OmniglotTrain:
       outer_lr: Adam learning rate.
       steps: meta-iterations (paper: 60,000).
       channels: conv filters.
-      conv: convolution formulation (``im2col`` is fast on CPU, ``xla`` on GPU; see models.conv4).
+      conv: convolution formulation: ``auto`` (``im2col`` on CPU, ``xla`` on GPU and
+        TPU; see models.conv4). The formulations compute the same function, so a run may
+        resume, or be evaluated, with another.
       steps_per_call: meta-steps fused per compiled call.
       seed: initialisation and task-sampling seed.
       log_every: metrics period (steps).
@@ -97,7 +99,7 @@ class OmniglotTrain:
     outer_lr: float = 1e-3
     steps: int = 60_000
     channels: int = 64
-    conv: conv4.ConvImpl = "im2col"
+    conv: conv4.ConvImpl = "auto"
     steps_per_call: int = 1
     seed: int = 0
     log_every: int = 50
@@ -122,6 +124,7 @@ class OmniglotTrain:
             inner_steps=steps if self.inner_steps is None else self.inner_steps,
             eval_inner_steps=eval_steps if self.eval_inner_steps is None else self.eval_inner_steps,
             meta_batch=(32 if five else 16) if self.meta_batch is None else self.meta_batch,
+            conv=conv4.resolve_conv(self.conv),
         )
 
 
@@ -403,7 +406,8 @@ def evaluate(cfg: OmniglotEval) -> dict:
     records, all computed by one compiled program.
     """
     train_cfg, state = load_run(cfg.workdir)
-    train_cfg = train_cfg.resolved()
+    # The convolution formulation is this machine's choice, not the run's (same function).
+    train_cfg = dataclasses.replace(train_cfg, conv="auto").resolved()
     ways_list = (train_cfg.ways,) if cfg.ways is None else tuple(cfg.ways)
     shots_list = (train_cfg.shots,) if cfg.shots is None else tuple(cfg.shots)
     # A classifier head fixes the most ways; prototypical networks have none and are
