@@ -16,7 +16,8 @@ comparison the peers run both with glibc's default allocator and with the same
 tuning through glibc's environment variables (``--peer-allocator``).
 
 Needs the ``peers`` extra for the PyTorch side (see ``benchmarks/peers/README.md``);
-``--peers`` with no names times metajax alone.
+``--peers`` with no names times metajax alone. ``--device cuda`` runs the peers on the
+GPU; metajax uses whatever JAX backend is present (recorded as ``jax_backend``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def time_metajax(
         "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "jax_version": jax.__version__,
+        "jax_backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "times": times,
         "meta_loss": float(metrics["meta_loss"]),
@@ -147,14 +149,16 @@ def run_metajax_isolated(
 TUNED_ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 
 
-def run_peer_isolated(peer: str, workload: str, *, warmup: int, iters: int, tuned: bool) -> dict:
+def run_peer_isolated(
+    peer: str, workload: str, *, warmup: int, iters: int, tuned: bool, device: str = "cpu"
+) -> dict:
     from torch_peers import run_isolated
 
     saved = dict(os.environ)
     if tuned:
         os.environ.update(TUNED_ALLOCATOR_ENV)
     try:
-        result = run_isolated(peer, workload, warmup=warmup, iters=iters)
+        result = run_isolated(peer, workload, warmup=warmup, iters=iters, device=device)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -185,6 +189,12 @@ def main(argv=None) -> int:
         default="both",
         help="run the peers with glibc's default allocator, with the same tuning as "
         "metajax (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), or both",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="torch device for the peers (metajax uses the JAX backend that is present)",
     )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -220,13 +230,19 @@ def main(argv=None) -> int:
             for tuned in peer_modes:
                 row.append(
                     run_peer_isolated(
-                        peer, workload, warmup=args.warmup, iters=args.iters, tuned=tuned
+                        peer,
+                        workload,
+                        warmup=args.warmup,
+                        iters=args.iters,
+                        tuned=tuned,
+                        device=args.device,
                     )
                 )
         results.extend(row)
     machine = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "peer_device": args.device,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     import _bench  # (imports jax: only after the isolated measurements)
@@ -248,11 +264,15 @@ def main(argv=None) -> int:
                 continue
             # speed-up of metajax's fastest mode over this peer
             ratio = (r["sec_per_step_median"] / ours["sec_per_step_median"]) if ours else None
-            note = (
-                f"compile {r['compile_s']:.1f} s, {r['gflop_per_step']:.0f} GFLOP/step"
-                if r["peer"] == "metajax"
-                else f"{r.get('lib_version', '')}"
-            )
+            if r["peer"] == "metajax":
+                note = (
+                    f"compile {r['compile_s']:.1f} s, {r['gflop_per_step']:.0f} GFLOP/step, "
+                    f"{r.get('jax_backend', '?')} ({r.get('device', '?')})"
+                )
+            else:
+                note = f"{r.get('lib_version', '')}, {r.get('device', 'cpu')}"
+                if r.get("peak_gpu_mem_mb") is not None:
+                    note += f" ({r.get('device_name', '')}), peak GPU {r['peak_gpu_mem_mb']:.0f} MB"
             library = r["peer"]
             if r["peer"] == "metajax" and r.get("task_parallel", "vmap") != "vmap":
                 library += f" (task_parallel={r['task_parallel']})"

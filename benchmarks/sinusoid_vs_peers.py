@@ -23,6 +23,9 @@ median over rounds of the per-round ratio.
 Usage:
   python benchmarks/sinusoid_vs_peers.py --rounds 3 \\
       --out benchmarks/results/sinusoid_vs_peers.jsonl --md benchmarks/results/sinusoid_vs_peers.md
+
+``--device cuda`` runs the PyTorch peers on the GPU; metajax uses whatever JAX backend
+is present (recorded as ``jax_backend``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def time_metajax(
         "compile_s": compile_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "jax_version": jax.__version__,
+        "jax_backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,
         "meta_loss_last": float(jnp.ravel(metrics["meta_loss"])[-1]),
         "times": times,
@@ -200,6 +204,10 @@ def summarize(results: list[dict], workloads, runners) -> tuple[list[dict], list
                     if "compile_s" in rs[0]
                     else None,
                     "version": rs[0].get("lib_version") or rs[0].get("jax_version"),
+                    "device": rs[0].get("device"),
+                    "peak_gpu_mem_mb": statistics.median(r["peak_gpu_mem_mb"] for r in rs)
+                    if rs[0].get("peak_gpu_mem_mb") is not None
+                    else None,
                 }
             )
         for ours in (n for n in runners if n.startswith("metajax")):
@@ -224,18 +232,25 @@ def summarize(results: list[dict], workloads, runners) -> tuple[list[dict], list
 
 def markdown(summary, ratios, header: str, command: str) -> str:
     peers = list(dict.fromkeys(r["peer"] for r in ratios))  # in the order given
+    gpu = any(s.get("peak_gpu_mem_mb") is not None for s in summary)  # peers ran on CUDA
     lines = [
         header,
         "",
         f"Command: `{command}`",
         "",
         "| workload | library | ms / meta-step (median of rounds; min-max) | tasks/s "
-        "| peak RSS MB | compile s | " + " | ".join(f"x {p}" for p in peers) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(peers),
+        "| peak RSS MB | "
+        + ("peak GPU MB | " if gpu else "")
+        + "compile s | "
+        + " | ".join(f"x {p}" for p in peers)
+        + " |",
+        "|---|---|---|---|---|" + ("---|" if gpu else "") + "---|" + "---|" * len(peers),
     ]
     for s in summary:
         if s.get("error"):
-            lines.append(f"| {s['workload']} | {s['peer']} | error |" + " |" * (3 + len(peers)))
+            lines.append(
+                f"| {s['workload']} | {s['peer']} | error |" + " |" * (3 + gpu + len(peers))
+            )
             continue
         lo, hi = s["sec_per_step_min_max"]
         speedups = [
@@ -252,10 +267,12 @@ def markdown(summary, ratios, header: str, command: str) -> str:
             for p in peers
         ]
         compile_s = "" if s["compile_s"] is None else f"{s['compile_s']:.1f}"
+        gpu_mb = s.get("peak_gpu_mem_mb")
+        gpu_cell = ("" if gpu_mb is None else f"{gpu_mb:.0f}") + " | " if gpu else ""
         lines.append(
             f"| {s['workload']} | {s['peer']} | {1e3 * s['sec_per_step_median']:.3f} "
             f"({1e3 * lo:.3f}-{1e3 * hi:.3f}) | {s['tasks_per_s']:.0f} | {s['peak_rss_mb']:.0f} "
-            f"| {compile_s} | " + " | ".join(speedups) + " |"
+            f"| {gpu_cell}{compile_s} | " + " | ".join(speedups) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -273,6 +290,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
         "--peer-threads", type=int, default=None, help="torch threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="torch device for the peers (metajax uses the JAX backend that is present)",
     )
     parser.add_argument(
         "--no-tune-allocator",
@@ -315,6 +338,7 @@ def main(argv=None) -> int:
                         warmup=args.warmup,
                         iters=args.peer_iters,
                         threads=args.peer_threads,
+                        device=args.device,
                     )
                 r["round"] = round_index
                 r["loadavg"] = os.getloadavg()
@@ -343,6 +367,12 @@ def main(argv=None) -> int:
         "metajax.tune_host_allocator. "
         "Speed-up columns: metajax's median per-round ratio of step times (peer / metajax)."
     )
+    if args.device != "cpu" or (ok and ok[0].get("jax_backend", "cpu") != "cpu"):
+        header += (
+            f" Devices: metajax on JAX backend {ok[0].get('jax_backend', '?') if ok else '?'} "
+            f"({ok[0].get('device', '?') if ok else '?'}); peers on torch "
+            f"{torch_row.get('device', args.device)} ({torch_row.get('device_name', '?')})."
+        )
     table = markdown(summary, ratios, header, command)
     _bench.write_table(table, args.md)
     return 0

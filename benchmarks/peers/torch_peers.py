@@ -28,6 +28,9 @@ loops over tasks in Python, which is how these libraries work:
 
 Run ``python benchmarks/peers/torch_peers.py --help``.  Each (peer, workload)
 pair runs in its own subprocess so ``peak_rss_mb`` (``ru_maxrss``) is clean.
+``--device cuda`` puts the model and the meta-batch on the GPU; the timing loop then
+calls ``torch.cuda.synchronize()`` around every timed step and the result also has
+``peak_gpu_mem_mb`` (``torch.cuda.max_memory_allocated`` over the timed steps).
 """
 
 from __future__ import annotations
@@ -198,13 +201,13 @@ def _loss_fn(workload):
     return F.cross_entropy if get_workload(workload)["loss"] == "cross_entropy" else F.mse_loss
 
 
-def _to_torch(inputs, dtype):
+def _to_torch(inputs, dtype, device="cpu"):
     import torch
 
     out = {}
     for k in ("x_support", "y_support", "x_query", "y_query"):
         t = torch.from_numpy(np.ascontiguousarray(inputs[k]))
-        out[k] = t.to(dtype) if t.is_floating_point() else t
+        out[k] = (t.to(dtype) if t.is_floating_point() else t).to(device)
     return out
 
 
@@ -256,15 +259,26 @@ class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 TORCHVISION_STUBBED = False
 
 
+def _l2l_is_minimal():
+    """True for a minimal learn2learn copy (``make_minimal_l2l.py``): no ``vision``
+    subpackage, so nothing imports torchvision and neither it nor the stub is needed."""
+    spec = importlib.util.find_spec("learn2learn")
+    locs = list(spec.submodule_search_locations or []) if spec else []
+    return bool(locs) and not any(os.path.isdir(os.path.join(d, "vision")) for d in locs)
+
+
 def import_learn2learn():
     global TORCHVISION_STUBBED
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # missing, or the CUDA wheel failing against CPU torch
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[k]
-        sys.meta_path.insert(0, _TorchvisionStub())
-        TORCHVISION_STUBBED = True
+    if "learn2learn" in sys.modules:
+        return sys.modules["learn2learn"]
+    if not _l2l_is_minimal():
+        try:
+            import torchvision  # noqa: F401
+        except Exception:  # missing, or the CUDA wheel failing against CPU torch
+            for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+                del sys.modules[k]
+            sys.meta_path.insert(0, _TorchvisionStub())
+            TORCHVISION_STUBBED = True
     import warnings
 
     with warnings.catch_warnings():
@@ -464,21 +478,39 @@ _RUNNERS = {
 }
 
 
-def lib_version(peer):
-    import torch
-
+def _peer_module(peer):
     if peer == "plain-torch":
-        return torch.__version__
+        return importlib.import_module("torch")
     if peer == "learn2learn":
-        return import_learn2learn().__version__
-    return importlib.metadata.version(peer)
+        return import_learn2learn()
+    return importlib.import_module(peer)
 
 
-def make_runner(peer, workload, *, seed=0, dtype=None, state_dict=None, inputs=None):
+def lib_version(peer):
+    """The peer library's version: its installed metadata, else its ``__version__``
+    (a copy on PYTHONPATH without a dist-info, e.g. the minimal learn2learn)."""
+    mod = _peer_module(peer)
+    if peer == "plain-torch":
+        return mod.__version__
+    if getattr(mod, "__version__", None):
+        return mod.__version__
+    try:
+        return importlib.metadata.version(peer)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def lib_file(peer):
+    """Where the peer library was imported from (which copy was used)."""
+    return getattr(_peer_module(peer), "__file__", None)
+
+
+def make_runner(peer, workload, *, seed=0, dtype=None, state_dict=None, inputs=None, device="cpu"):
     """Build (model, data, runner) for ``peer`` on ``workload``.
 
     ``state_dict``: optional dict name -> tensor/ndarray to load as initial weights.
     ``inputs``: optional dict of numpy arrays (as from ``make_inputs``).
+    ``device``: torch device for the model and the inputs ("cpu", "cuda").
     """
     import torch
 
@@ -489,7 +521,8 @@ def make_runner(peer, workload, *, seed=0, dtype=None, state_dict=None, inputs=N
         model.load_state_dict(
             {k: torch.as_tensor(np.asarray(v)).to(dtype) for k, v in state_dict.items()}
         )
-    data = _to_torch(inputs if inputs is not None else make_inputs(w, seed), dtype)
+    model = model.to(device)
+    data = _to_torch(inputs if inputs is not None else make_inputs(w, seed), dtype, device)
     return _RUNNERS[peer](w, model, data)
 
 
@@ -501,31 +534,79 @@ def _rss_now_mb():
         return float("nan")
 
 
+def _device_info(dev) -> dict:
+    """``device`` / ``device_name`` (+ CUDA details) for a result record."""
+    import platform
+
+    import torch
+
+    if dev.type != "cuda":
+        return {"device": str(dev), "device_name": platform.processor() or platform.machine()}
+    info = {
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+    }
+    try:  # TF32 settings (their API moved in newer torch; recording them is best effort)
+        info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+        info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+    except Exception:
+        pass
+    return info
+
+
 def time_peer(
-    peer: str, workload, *, warmup: int, iters: int, threads: int | None = None, seed: int = 0
+    peer: str,
+    workload,
+    *,
+    warmup: int,
+    iters: int,
+    threads: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Time one peer on one workload *in this process*.
 
     One timed step = zero_grad + forward/backward over all meta_batch tasks
-    (Python loop) + Adam step, timed with ``time.perf_counter``.
+    (Python loop) + Adam step, timed with ``time.perf_counter``.  On CUDA the
+    clock is read only after ``torch.cuda.synchronize()`` (after warm-up and
+    after each timed step), and ``peak_gpu_mem_mb`` is
+    ``torch.cuda.max_memory_allocated()`` over the timed steps (reset after
+    warm-up, so it includes the weights, the Adam state and the inputs).
     ``peak_rss_mb`` is this process's ``ru_maxrss``: call it in a fresh process
     (``run_isolated`` / the CLI do) for a clean number.
     """
     import torch
 
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
     nthreads = threads or os.cpu_count()
-    torch.set_num_threads(nthreads)
+    torch.set_num_threads(nthreads)  # CPU intra-op threads; harmless on CUDA
     w = get_workload(workload)
-    runner = make_runner(peer, w, seed=seed)
+    runner = make_runner(peer, w, seed=seed, device=dev)
+    sync()
     rss_setup = _rss_now_mb()
+    gpu_setup = torch.cuda.memory_allocated(dev) / 2**20 if cuda else None
     first_loss = None
     for _ in range(warmup):
         loss = runner.meta_step()
         first_loss = loss if first_loss is None else first_loss
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         loss = runner.meta_step()
+        sync()
         times.append(time.perf_counter() - t0)
         first_loss = loss if first_loss is None else first_loss
     med = statistics.median(times) if times else float("nan")
@@ -542,8 +623,13 @@ def time_peer(
         "tasks_per_s": w["meta_batch"] / med if times else float("nan"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_after_setup_mb": rss_setup,
+        **_device_info(dev),
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
+        "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20 if cuda else None,
+        "gpu_mem_after_setup_mb": gpu_setup,
         "torch_version": torch.__version__,
         "lib_version": lib_version(peer),
+        "lib_file": lib_file(peer),
         "threads": nthreads,
         "warmup": warmup,
         "iters": iters,
@@ -555,7 +641,9 @@ def time_peer(
     }
 
 
-def run_isolated(peer, workload_name, *, warmup, iters, threads=None, seed=0, timeout=None):
+def run_isolated(
+    peer, workload_name, *, warmup, iters, threads=None, seed=0, timeout=None, device="cpu"
+):
     """Run ``time_peer`` in a fresh Python subprocess; returns its result dict."""
     cmd = [
         sys.executable,
@@ -571,19 +659,27 @@ def run_isolated(peer, workload_name, *, warmup, iters, threads=None, seed=0, ti
         str(iters),
         "--seed",
         str(seed),
+        "--device",
+        str(device),
     ]
     if threads:
         cmd += ["--threads", str(threads)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"peer": peer, "workload": workload_name, "error": f"timeout after {timeout}s"}
+        return {
+            "peer": peer,
+            "workload": workload_name,
+            "device": str(device),
+            "error": f"timeout after {timeout}s",
+        }
     for line in reversed(p.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     return {
         "peer": peer,
         "workload": workload_name,
+        "device": str(device),
         "error": f"rc={p.returncode}",
         "stderr_tail": p.stderr[-2000:],
     }
@@ -645,7 +741,13 @@ def main(argv=None):
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="torch device for the timed runs (--dump-reference always runs on the CPU)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=None, help="per (peer, workload) seconds")
     ap.add_argument("--out", default=None, help="append JSON lines here")
@@ -676,6 +778,7 @@ def main(argv=None):
             iters=a.iters,
             threads=a.threads,
             seed=a.seed,
+            device=a.device,
         )
         print(json.dumps(res))
         return 0
@@ -691,6 +794,7 @@ def main(argv=None):
                 threads=a.threads,
                 seed=a.seed,
                 timeout=a.timeout,
+                device=a.device,
             )
             if "error" in res:
                 print(
@@ -701,7 +805,13 @@ def main(argv=None):
                 print(
                     f"{peer:12s} {wname:12s} median {res['sec_per_step_median'] * 1e3:9.1f} ms/step"
                     f"  iqr {res['sec_per_step_iqr'] * 1e3:7.1f} ms  {res['tasks_per_s']:8.1f} tasks/s"
-                    f"  peak_rss {res['peak_rss_mb']:7.0f} MB  loss {res['last_loss']:.4f}",
+                    f"  peak_rss {res['peak_rss_mb']:7.0f} MB"
+                    + (
+                        f"  peak_gpu {res['peak_gpu_mem_mb']:7.0f} MB"
+                        if res.get("peak_gpu_mem_mb") is not None
+                        else ""
+                    )
+                    + f"  loss {res['last_loss']:.4f}",
                     flush=True,
                 )
             if out:
