@@ -63,7 +63,7 @@ class StepConfig:
       queries: conv4 query examples per class.
       points: sinusoid support (and query) points per task.
       conv: conv4's convolution formulation (``models.conv4``; ``"auto"``: im2col on
-        CPU, xla on GPU/TPU).
+        CPU and GPU, xla on TPU).
     """
 
     model: str = "mlp"

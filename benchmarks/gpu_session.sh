@@ -44,17 +44,17 @@ EVAL_S=${EVAL_S:-50}
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 
 if [ -z "${DRY_RUN:-}" ]; then
-stamp "task-parallel modes, W1 (xla convolutions)"
+stamp "task-parallel modes, W1 (conv auto: im2col)"
 timeout 90 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap map 4 auto \
   --out "$R/task_parallel_gpu.jsonl" --md "$R/task_parallel_gpu.md"
-stamp "task-parallel, W1 with im2col convolutions"
-timeout 40 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap --conv im2col \
-  --out "$R/task_parallel_gpu_im2col.jsonl" --md "$R/task_parallel_gpu_im2col.md"
+stamp "task-parallel, W1 with xla convolutions"
+timeout 40 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap --conv xla \
+  --out "$R/task_parallel_gpu_xla.jsonl" --md "$R/task_parallel_gpu_xla.md"
 
 stamp "Omniglot W1/W2 beside the peers, same GPU"
-timeout 110 python3 benchmarks/omniglot_vs_peers.py --device cuda \
+timeout 150 python3 benchmarks/omniglot_vs_peers.py --device cuda \
   --workloads W1-so-1step W2-so-1step --peers learn2learn higher torchopt \
-  --peer-allocator default --warmup 3 --iters 20 --conv xla --out "$R/omniglot_vs_peers_gpu.jsonl"
+  --peer-allocator default --warmup 3 --iters 10 --out "$R/omniglot_vs_peers_gpu.jsonl"
 
 stamp "W3 sinusoid beside the peers, same GPU"
 timeout 80 python3 benchmarks/sinusoid_vs_peers.py --device cuda --rounds 1 \
@@ -74,19 +74,23 @@ train() {  # name, options...
     --steps 60000 --checkpoint-every 2000 --no-progress "$@" > "runs_gpu/train_$name.log" 2>&1
   echo "train $name exit $?" >> "runs_gpu/train_$name.log"
 }
-train maml-5w5s --ways 5 --shots 5 &
-train maml-20w1s --ways 20 --shots 1 &
-train maml-20w5s --ways 20 --shots 5 &
-train mamlpp-5w1s --algorithm maml++ --ways 5 --shots 1 &
-train imaml-5w1s --algorithm imaml --ways 5 --shots 1 &
-wait $(jobs -p | grep -v "^$SMI$")
+# Wait on these PIDs only: a bare `wait` would also wait for the `tee` behind this
+# script's output (a process substitution) and never return.
+pids=()
+train maml-5w5s --ways 5 --shots 5 & pids+=($!)
+train maml-20w1s --ways 20 --shots 1 & pids+=($!)
+train maml-20w5s --ways 20 --shots 5 & pids+=($!)
+train mamlpp-5w1s --algorithm maml++ --ways 5 --shots 1 & pids+=($!)
+train imaml-5w1s --algorithm imaml --ways 5 --shots 1 & pids+=($!)
+wait "${pids[@]}"
 kill $SMI
 stamp "evaluation, 600 test episodes each"
+pids=()
 for name in maml-5w5s maml-20w1s maml-20w5s mamlpp-5w1s imaml-5w1s; do
   timeout "$EVAL_S" python3 -m metajax.cli eval omniglot --workdir "runs_gpu/$name" \
-    --episodes 600 > "runs_gpu/eval_$name.log" 2>&1 &
+    --episodes 600 > "runs_gpu/eval_$name.log" 2>&1 & pids+=($!)
 done
-wait
+wait "${pids[@]}"
 for f in runs_gpu/*.log; do echo "== $f"; tail -n 3 "$f"; done
 tar czf "$OUT/runs.tar.gz" runs_gpu
 stamp "done"

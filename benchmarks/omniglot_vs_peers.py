@@ -102,7 +102,7 @@ def time_metajax(
     return {
         "peer": "metajax",
         "workload": workload_name,
-        "conv": conv,
+        "conv": conv4.resolve_conv(conv),
         "allocator": "tuned" if tuned else "default",
         "task_parallel": task_parallel,
         "sec_per_step_median": med,
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="*", default=["learn2learn"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--conv", default="im2col", choices=["im2col", "xla"])
+    parser.add_argument("--conv", default="auto", choices=["auto", "im2col", "xla"])
     parser.add_argument(
         "--task-parallel",
         nargs="+",
@@ -213,22 +213,39 @@ def main(argv=None) -> int:
         return 0
 
     peer_modes = {"default": [False], "tuned": [True], "both": [False, True]}[args.peer_allocator]
+    machine = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "peer_device": args.device,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     results = []
+
+    def record(r: dict) -> None:
+        # Each measurement is printed and appended as soon as it ends, so a run cut
+        # short (a time limit) keeps what it measured. No jax in this process: on a GPU
+        # it would hold device memory the measured subprocesses need.
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps({**r, **machine}) + "\n")
+
     for workload in args.workloads:
-        row = [
-            run_metajax_isolated(
-                workload,
-                warmup=args.warmup,
-                iters=args.iters,
-                conv=args.conv,
-                task_parallel=mode,
-                tune_allocator=not args.default_allocator,
+        for mode in args.task_parallel:
+            record(
+                run_metajax_isolated(
+                    workload,
+                    warmup=args.warmup,
+                    iters=args.iters,
+                    conv=args.conv,
+                    task_parallel=mode,
+                    tune_allocator=not args.default_allocator,
+                )
             )
-            for mode in args.task_parallel
-        ]
         for peer in args.peers or []:
             for tuned in peer_modes:
-                row.append(
+                record(
                     run_peer_isolated(
                         peer,
                         workload,
@@ -238,16 +255,6 @@ def main(argv=None) -> int:
                         device=args.device,
                     )
                 )
-        results.extend(row)
-    machine = {
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "peer_device": args.device,
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    import _bench  # (imports jax: only after the isolated measurements)
-
-    _bench.append_jsonl(args.out, [{**r, **machine} for r in results])
 
     print(
         "| workload | library | s / meta-step (median, IQR) | tasks/s | peak RSS MB | "

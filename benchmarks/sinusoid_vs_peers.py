@@ -345,15 +345,19 @@ def main(argv=None) -> int:
                 results.append(r)
                 brief = {k: v for k, v in r.items() if k not in ("times", "stderr_tail")}
                 print(json.dumps(brief), flush=True)
+                # Appended as it ends, so a run cut short keeps what it measured (no
+                # jax in this process: on a GPU it would hold the measured ones' memory).
+                if args.out:
+                    with open(args.out, "a") as f:
+                        when = time.strftime("%Y-%m-%d %H:%M:%S")
+                        f.write(json.dumps({**r, "kind": "measurement", "when": when}) + "\n")
     summary, ratios = summarize(results, args.workloads, runners)
     load_after = os.getloadavg()
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     import _bench  # (imports jax: only after the isolated measurements)
 
     _bench.append_jsonl(
-        args.out,
-        [{**r, "kind": "measurement", "when": when} for r in results]
-        + [{**r, "kind": "summary", "when": when} for r in summary + ratios],
+        args.out, [{**r, "kind": "summary", "when": when} for r in summary + ratios]
     )
     ok = [r for r in results if "jax_version" in r]
     torch_row = next((r for r in results if "torch_version" in r), {})

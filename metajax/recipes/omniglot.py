@@ -66,7 +66,7 @@ class OmniglotTrain:
       outer_lr: Adam learning rate.
       steps: meta-iterations (paper: 60,000).
       channels: conv filters.
-      conv: convolution formulation: ``auto`` (``im2col`` on CPU, ``xla`` on GPU and
+      conv: convolution formulation: ``auto`` (``im2col`` on CPU and GPU, ``xla`` on
         TPU; see models.conv4). The formulations compute the same function, so a run may
         resume, or be evaluated, with another.
       steps_per_call: meta-steps fused per compiled call.
