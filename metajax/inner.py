@@ -21,6 +21,12 @@ Options:
     differentiated through; the earlier ones run under ``stop_gradient`` and count as
     the identity map in the backward pass (first-order MAML's approximation), so the
     initial parameters still get a gradient.
+  * ``per_step``: per-step parameters (MAML++'s per-step batch-norm weights). Those
+    leaves carry a leading ``[steps + 1]`` axis, and the model sees row ``k`` of it
+    while the parameters have taken ``k`` inner steps: the support loss of step
+    ``k + 1`` and any query loss after ``k`` steps. Rows past the last are clamped to
+    it (evaluating with more steps than trained). The model itself needs no change:
+    it is given ordinary parameters (:func:`select_step`).
 
 Inner optimizers with meta-learned parts: :func:`per_parameter_sgd` (Meta-SGD),
 :func:`per_step_sgd` (MAML++'s per-layer, per-step learning rates) and
@@ -52,19 +58,52 @@ class InnerState(NamedTuple):
       adapted: the adapting parameters (frozen leaves are ``None``).
       frozen: the parameters that keep their meta values (adapting leaves ``None``).
       opt_state: the inner optimizer's state over ``adapted``.
+      step: inner steps taken (an int32 scalar).
     """
 
     adapted: Params
     frozen: Params
     opt_state: optax.OptState
+    step: jax.Array = 0
+
+
+def _identity(state: InnerState) -> Params:
+    return combine(state.adapted, state.frozen)
 
 
 class InnerLoop(NamedTuple):
-    """Pure functions of one inner loop (see the module docstring)."""
+    """Pure functions of one inner loop (see the module docstring).
+
+    ``params(state)`` is the carried parameters (per-step leaves with their
+    ``[steps + 1]`` axis); ``view(state)`` is what the model sees at the state's step
+    (the same tree without per-step parameters).
+    """
 
     init: Callable[[Params], InnerState]
     step: Callable[[InnerState, Batch], tuple[InnerState, jax.Array]]
     params: Callable[[InnerState], Params]
+    view: Callable[[InnerState], Params] = _identity
+
+
+def select_step(params: Params, per_step: Params, step: ArrayLike) -> Params:
+    """``params`` as the model sees them after ``step`` inner steps.
+
+    Args:
+      params: parameters whose ``per_step`` leaves have a leading ``[steps + 1]`` axis.
+      per_step: boolean mask pytree (see :func:`adapt_mask`) of the per-step leaves.
+      step: inner steps taken (traced is fine); clamped to the last row.
+
+    Returns:
+      ``params`` with each per-step leaf replaced by its row ``step``.
+    """
+
+    def leaf(is_per_step, p):
+        if not is_per_step:
+            return p
+        row = jnp.minimum(jnp.asarray(step, jnp.int32), p.shape[0] - 1)
+        return jax.lax.dynamic_index_in_dim(p, row, axis=0, keepdims=False)
+
+    return jax.tree.map(leaf, per_step, params)
 
 
 def _path_has_key(path, key: str) -> bool:
@@ -128,6 +167,7 @@ def make_inner_loop(
     *,
     first_order: bool = False,
     adapt: AdaptSpec = None,
+    per_step: AdaptSpec | bool = False,
 ) -> InnerLoop:
     """Builds an inner loop that minimises ``loss_fn`` on a support batch.
 
@@ -136,31 +176,41 @@ def make_inner_loop(
       optimizer: the inner optax transformation (e.g. ``optax.sgd(0.01)``).
       first_order: stop gradients through the inner gradients.
       adapt: which parameters adapt (see :func:`adapt_mask`).
+      per_step: which parameters are per-step (a leading ``[steps + 1]`` axis; an
+        ``adapt``-style specification; ``False``: none). See the module docstring.
 
     Returns:
       An :class:`InnerLoop`.
     """
     loss_fn = as_loss_with_aux(loss_fn)
 
+    def view_of(full, step):
+        if per_step is False:
+            return full
+        return select_step(full, adapt_mask(full, per_step), step)
+
     def init(params):
         adapted, frozen = partition(params, adapt_mask(params, adapt))
-        return InnerState(adapted, frozen, optimizer.init(adapted))
+        return InnerState(adapted, frozen, optimizer.init(adapted), jnp.zeros((), jnp.int32))
 
     def step(state: InnerState, support: Batch):
         def adapted_loss(adapted):
-            return loss_fn(combine(adapted, state.frozen), support)[0]
+            return loss_fn(view_of(combine(adapted, state.frozen), state.step), support)[0]
 
         loss, grads = jax.value_and_grad(adapted_loss)(state.adapted)
         if first_order:
             grads = jax.lax.stop_gradient(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.adapted)
         adapted = optax.apply_updates(state.adapted, updates)
-        return InnerState(adapted, state.frozen, opt_state), loss
+        return InnerState(adapted, state.frozen, opt_state, state.step + 1), loss
 
     def params(state: InnerState):
         return combine(state.adapted, state.frozen)
 
-    return InnerLoop(init, step, params)
+    def view(state: InnerState):
+        return view_of(params(state), state.step)
+
+    return InnerLoop(init, step, params, view)
 
 
 class InnerResult(NamedTuple):
@@ -202,11 +252,13 @@ def adapt(
         first-order one through the rest, and nothing else (learning rates,
         observations) gets a gradient from the earlier steps. ``0`` is first-order
         MAML, ``steps`` is full second-order MAML.
-      observe: optional function of the full parameters, evaluated after every
-        step (and before the first), e.g. the query metrics of an eval step.
+      observe: optional function of the parameters as the model sees them
+        (``inner.view``), evaluated after every step (and before the first), e.g. the
+        query metrics of an eval step.
 
     Returns:
-      ``(adapted_params, InnerResult)``.
+      ``(adapted_params, InnerResult)``; the adapted parameters as the model sees them
+      after the last step (``inner.view``: with per-step parameters, their last row).
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"inner steps must be a non-negative Python int, got {steps!r}.")
@@ -215,13 +267,14 @@ def adapt(
 
     def body(state, _):
         new_state, loss = inner.step(state, support)
-        obs = observe(inner.params(new_state)) if observe is not None else None
+        obs = observe(inner.view(new_state)) if observe is not None else None
         return new_state, (loss, obs)
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
 
     state = inner.init(params)
+    initial_view = inner.view(state)
     truncated = steps - (steps if backprop_steps is None else backprop_steps)
     outputs = []
     if truncated:
@@ -242,13 +295,13 @@ def adapt(
         later = None
     observations = None
     if observe is not None:
-        first = jax.tree.map(lambda x: x[None], observe(params))
+        first = jax.tree.map(lambda x: x[None], observe(initial_view))
         observations = (
             first
             if later is None
             else jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, later)
         )
-    return inner.params(state), InnerResult(losses, observations)
+    return inner.view(state), InnerResult(losses, observations)
 
 
 def _straight_through(value, source):

@@ -158,6 +158,7 @@ def run_training(
     progress: bool = True,
     plot: bool = True,
     description: str = "meta-train",
+    legacy_defaults: dict | None = None,
 ) -> Any:
     """Runs (or resumes) meta-training until ``state.step == num_steps``.
 
@@ -176,6 +177,9 @@ def run_training(
       config: saved to ``config.json`` (and checked on resume).
       progress: show a tqdm progress bar.
       plot: redraw ``learning_curve.png`` at every checkpoint.
+      legacy_defaults: for config keys missing from an existing run's
+        ``config.json``, the value that run had (see :func:`with_legacy_defaults`);
+        other missing keys are taken to have had the value now given.
 
     Returns:
       The final train state.
@@ -205,8 +209,10 @@ def run_training(
             with open(config_path) as f:
                 old = json.load(f)
             new = json.loads(json.dumps(config))  # tuples -> lists, as stored
-            # Options newer than the run's config.json are not compared: the run
-            # started before they existed, i.e. with their defaults.
+            # Options newer than the run's config.json: the run had their legacy
+            # value if one is declared; otherwise they are not compared.
+            legacy = json.loads(json.dumps(legacy_defaults or {}))
+            old = {**{k: v for k, v in legacy.items() if k not in old}, **old}
             changed = {
                 k: (old[k], v)
                 for k, v in new.items()
@@ -321,13 +327,39 @@ def run_training(
     return state
 
 
+def with_legacy_defaults(config: Any, workdir: str) -> Any:
+    """``config`` as it applies to the run already in ``workdir``, if there is one.
+
+    A config dataclass may declare ``LEGACY_DEFAULTS``: for options added after a run
+    started, the value that reproduces that run's behaviour. Where the run's
+    ``config.json`` lacks such a key and ``config`` leaves the option at its field
+    default, the legacy value is used, so resuming rebuilds the same model. (An
+    explicitly different value is then refused by :func:`run_training`.)
+    """
+    legacy = getattr(type(config), "LEGACY_DEFAULTS", {})
+    path = os.path.join(workdir, "config.json")
+    if not legacy or not os.path.exists(path):
+        return config
+    with open(path) as f:
+        old = json.load(f)
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changes = {
+        k: v
+        for k, v in legacy.items()
+        if k not in old and k in defaults and getattr(config, k) == defaults[k]
+    }
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def restore_run(workdir: str, config_cls: type, make_template: Callable[[Any], Any]):
     """Reads a run's ``config.json`` into ``config_cls`` and restores its newest checkpoint.
 
     Args:
       workdir: the run directory.
-      config_cls: the run's config dataclass; unknown keys in the file are ignored
-        and JSON lists become tuples where the field's default is a tuple.
+      config_cls: the run's config dataclass; unknown keys in the file are ignored,
+        JSON lists become tuples where the field's default is a tuple, and keys
+        missing from the file take the class's ``LEGACY_DEFAULTS`` (if any), else
+        the field defaults.
       make_template: ``config -> state`` building a state of the right structure.
 
     Returns:
@@ -344,6 +376,9 @@ def restore_run(workdir: str, config_cls: type, make_template: Callable[[Any], A
         if key in fields:
             is_tuple = isinstance(fields[key].default, tuple)
             kwargs[key] = tuple(value) if is_tuple and isinstance(value, list) else value
+    for key, value in getattr(config_cls, "LEGACY_DEFAULTS", {}).items():
+        if key in fields and key not in raw:
+            kwargs[key] = value
     config = config_cls(**kwargs)
     ckpt = Checkpointer(workdir)
     try:

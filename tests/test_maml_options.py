@@ -62,6 +62,44 @@ def test_multi_step_loss_is_the_weighted_sum_of_per_step_query_losses():
     )
 
 
+def test_per_step_parameters_are_row_k_after_k_inner_steps():
+    """MAML++'s per-step weights: the model sees row k of a per-step leaf after k
+    steps, in the support losses and in the query loss, and the meta-gradient of
+    every row equals the gradient of the same computation written out by hand."""
+    task = regression_task(jax.random.key(0))
+    params = init_tanh(jax.random.key(1))
+    steps, lr = 2, 0.1
+    learner = mj.maml(LOSS, lr, steps, per_step_params="c")
+    meta = learner.init(params)
+    assert meta["body"]["c"].shape == (steps + 1, 4)
+    assert meta["body"]["w"].shape == params["body"]["w"].shape
+    # Make the rows differ, so that using the wrong row changes the numbers.
+    meta["body"]["c"] = meta["body"]["c"] + jnp.arange(steps + 1.0)[:, None] * 0.3
+
+    def by_hand(meta):
+        theta = meta
+        for k in range(steps):
+            view = {**theta, "body": {**theta["body"], "c": theta["body"]["c"][k]}}
+            grads = jax.grad(lambda v: LOSS(v, task.support)[0])(view)
+            grads_c = jnp.zeros_like(theta["body"]["c"]).at[k].set(grads["body"]["c"])
+            grads = {**grads, "body": {**grads["body"], "c": grads_c}}
+            theta = jax.tree.map(lambda t, g: t - lr * g, theta, grads)
+        view = {**theta, "body": {**theta["body"], "c": theta["body"]["c"][steps]}}
+        return LOSS(view, task.query)[0]
+
+    loss, _ = learner.loss(meta, task)
+    np.testing.assert_allclose(loss, by_hand(meta), rtol=1e-6)
+    chex.assert_trees_all_close(
+        _grad(learner, meta, task), jax.grad(by_hand)(meta), rtol=1e-5, atol=1e-7
+    )
+    # The adapted parameters are what the model sees after the last step.
+    adapted, _ = learner.adapt(meta, task.support)
+    assert adapted["body"]["c"].shape == (4,)
+    # More steps than trained (evaluation) reuse the last row.
+    view = mj.inner.select_step(meta, mj.inner.adapt_mask(meta, "c"), 7)
+    np.testing.assert_array_equal(view["body"]["c"], meta["body"]["c"][steps])
+
+
 def test_per_layer_per_step_learning_rates():
     task = regression_task(jax.random.key(2))
     params = init_tanh(jax.random.key(3))

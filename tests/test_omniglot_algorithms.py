@@ -51,3 +51,17 @@ def test_recipe_learner_trains_and_evaluates(algorithm):
     )
     acc = run(new_state.meta_params, jax.random.split(jax.random.key(1), 2), images)
     assert acc.shape == (2, 2) and np.all((acc >= 0) & (acc <= 1))
+
+
+def test_maml_plus_plus_has_per_step_batch_norm_weights_and_old_runs_resume_without():
+    from metajax.models import conv4
+
+    cfg = omniglot.OmniglotTrain(algorithm="maml++", channels=4, inner_steps=2).resolved()
+    assert cfg.per_step_bn
+    meta = omniglot.initial_state(cfg)[0].meta_params["params"]
+    assert meta["bn0"]["scale"].shape == (3, 4) and meta["conv0"]["w"].shape == (3, 3, 1, 4)
+    mask = conv4.batch_norm_mask(conv4.init(jax.random.key(0), ways=5, channels=4))
+    assert mask["bn3"] == {"scale": True, "bias": True} and not mask["head"]["w"]
+    assert not omniglot.OmniglotTrain(algorithm="maml").resolved().per_step_bn
+    with pytest.raises(ValueError, match="per-step-bn is for maml"):
+        omniglot.build_learner(omniglot.OmniglotTrain(algorithm="anil", per_step_bn=True))

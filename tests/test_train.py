@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
 import signal
+from typing import ClassVar
 
 import chex
 import jax
@@ -209,6 +211,35 @@ def test_cli_exits_with_128_plus_the_signal_after_a_graceful_stop(monkeypatch, c
     monkeypatch.setenv("METAJAX_CACHE_DIR", "0")
     assert cli.main(["train", "sinusoid", "--workdir", "somewhere"]) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM at step 40; checkpoint saved in somewhere" in capsys.readouterr().err
+
+
+def test_options_newer_than_a_run_take_their_legacy_value_on_resume(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        LEGACY_DEFAULTS: ClassVar[dict] = {"new_option": False}
+        name: str = "test"
+        new_option: bool | None = None
+
+    _run(tmp_path, 4)  # a run whose config.json predates new_option
+    resumed = mj.runner.with_legacy_defaults(Config(), str(tmp_path))
+    assert resumed.new_option is False  # left at its default: the run's old behaviour
+    explicit = mj.runner.with_legacy_defaults(Config(new_option=True), str(tmp_path))
+    assert explicit.new_option is True
+    assert mj.runner.with_legacy_defaults(Config(), str(tmp_path / "new")).new_option is None
+    _, _, state, step = _setup()
+    with pytest.raises(ValueError, match="different config"):
+        mj.runner.run_training(
+            workdir=str(tmp_path),
+            state=state,
+            train_step=jax.jit(mj.repeat_step(step, 2)),
+            num_steps=8,
+            steps_per_call=2,
+            log_every=2,
+            checkpoint_every=4,
+            config={"name": "test", "new_option": True},
+            progress=False,
+            legacy_defaults=Config.LEGACY_DEFAULTS,
+        )
 
 
 def test_checkpoint_roundtrip_restores_typed_key_and_leaves_no_temp_dirs(tmp_path):

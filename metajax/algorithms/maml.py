@@ -64,6 +64,7 @@ def _gradient_based(
     objective: str = "query",
     multi_step_loss: Any = None,
     first_order_steps: int = 0,
+    per_step: inner_lib.AdaptSpec | bool = False,
 ) -> MetaLearner:
     loss_fn = as_loss_with_aux(loss_fn)
     if not isinstance(inner_steps, int) or inner_steps < 0:
@@ -75,7 +76,11 @@ def _gradient_based(
 
     def adapt_fn(meta_params, support, *, steps=None, observe=None, first_order=first_order):
         inner = inner_lib.make_inner_loop(
-            loss_fn, inner_optimizer(meta_params), first_order=first_order, adapt=adapt
+            loss_fn,
+            inner_optimizer(meta_params),
+            first_order=first_order,
+            adapt=adapt,
+            per_step=per_step,
         )
         return inner_lib.adapt(
             inner,
@@ -164,6 +169,7 @@ def maml(
     learn_inner_lr: bool = False,
     learn_hyperparams: Sequence[str] = (),
     first_order_steps: int = 0,
+    per_step_params: inner_lib.AdaptSpec | bool = False,
 ) -> MetaLearner:
     """Model-Agnostic Meta-Learning, with the MAML++ options.
 
@@ -186,11 +192,17 @@ def maml(
       on the outer step inside one compiled step (both branches are compiled; each
       outer step runs one), so a run switches without recompiling or rebuilding its
       train step.
+    * ``per_step_params``: per-step parameters, e.g. MAML++'s per-step batch-norm
+      weights and biases (BNWB; for conv4, ``per_step_params=conv4.batch_norm_mask``).
+      Each selected leaf gets a leading ``[inner_steps + 1]`` axis in the
+      meta-parameters (initialised by copying it), and the model sees row ``k`` while
+      the parameters have taken ``k`` inner steps (:mod:`metajax.inner`). The model's
+      apply function is unchanged.
     * Cosine annealing of the outer learning rate is a property of the outer
       optimizer: :func:`cosine_outer_lr`.
 
-    Per-step batch-norm weights and running statistics (MAML++'s BNWB/BNRS) are not
-    implemented: they need the inner step index inside the model's apply function.
+    MAML++'s per-step batch-norm *running statistics* (BNRS) are not implemented: batch
+    norm here normalises with each batch's statistics (transductive, as MAML).
 
     Options that depend on the outer step read it from ``loss(meta_params, task,
     step)``, which :func:`metajax.make_train_step` passes; ``step=None`` (the
@@ -217,6 +229,10 @@ def maml(
         meta-learn; ``inner_optimizer`` must come from ``optax.inject_hyperparams``
         (learned inner optimizers; see :func:`metajax.inner.with_hyperparams`).
       first_order_steps: outer steps run first order before switching to second order.
+      per_step_params: which parameters are per-step (an ``adapt``-style
+        specification: a key name, a mask pytree or a callable returning one;
+        ``False``: none). Evaluating with more inner steps than ``inner_steps`` reuses
+        the last row.
 
     Returns:
       A :class:`MetaLearner`. Its meta-parameters are the model parameters, or, when
@@ -252,11 +268,23 @@ def maml(
             )
     tx = inner_optimizer if inner_optimizer is not None else inner_lib.sgd(inner_lr)
     steps_for_lr = max(inner_steps, 1)
+
+    def expand_per_step(p):
+        if per_step_params is False:
+            return p
+        mask = inner_lib.adapt_mask(p, per_step_params)
+        return jax.tree.map(
+            lambda m, x: jnp.repeat(jnp.asarray(x)[None], inner_steps + 1, axis=0) if m else x,
+            mask,
+            p,
+        )
+
     if not (learn_inner_lr or learn_hyperparams):
-        init, params, make_optimizer = (lambda p: p), (lambda m: m), (lambda _: tx)
+        init, params, make_optimizer = expand_per_step, (lambda m: m), (lambda _: tx)
     else:
 
         def init(p):
+            p = expand_per_step(p)
             meta = {"params": p}
             if learn_inner_lr:
                 meta["inner_lr"] = jax.tree.map(
@@ -298,6 +326,7 @@ def maml(
         params=params,
         multi_step_loss=multi_step_loss,
         first_order_steps=first_order_steps,
+        per_step=per_step_params,
     )
 
 
@@ -375,7 +404,8 @@ def maml_plus_plus(
     learning rates initialised to ``inner_lr``, and derivative-order annealing after
     ``first_order_steps`` outer steps (the paper's Omniglot configs use second order
     throughout: 0). Pair it with ``optax.adam(cosine_outer_lr(1e-3, total_steps))``.
-    Per-step batch-norm weights are not included (see :func:`maml`).
+    Per-step batch-norm weights: pass ``per_step_params`` (see :func:`maml`; the
+    Omniglot recipe passes ``conv4.batch_norm_mask``).
 
     Reference: Antoniou, Edwards, Storkey, "How to train your MAML", ICLR 2019.
     """

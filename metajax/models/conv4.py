@@ -105,6 +105,19 @@ def init(
     return params
 
 
+def batch_norm_mask(params: dict[str, Any]) -> dict[str, Any]:
+    """Mask of the batch-norm scales and biases (``bn*``): MAML++'s per-step parameters.
+
+    For ``maml(..., per_step_params=batch_norm_mask)``.
+    """
+
+    def mask(name, leaves):
+        is_bn = name.startswith("bn")
+        return jax.tree.map(lambda _: is_bn, leaves)
+
+    return {name: mask(name, leaves) for name, leaves in params.items()}
+
+
 def resolve_conv(impl: ConvImpl) -> ConvImpl:
     """The formulation ``"auto"`` stands for on the default backend; others unchanged."""
     if impl == "auto":

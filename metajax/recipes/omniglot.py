@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from metajax.data import episodes
 from metajax.data import omniglot as omniglot_data
 from metajax.losses import accuracy, softmax_cross_entropy, weighted_mean
 from metajax.models import conv4
-from metajax.runner import is_main_process, restore_run, run_training
+from metajax.runner import is_main_process, restore_run, run_training, with_legacy_defaults
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
 Algorithm = Literal[
@@ -83,7 +83,15 @@ class OmniglotTrain:
         Rajeswaran et al.'s Omniglot value, 2.0).
       imaml_cg_steps: conjugate-gradient steps of iMAML's implicit meta-gradient
         (``imaml`` only; the paper's 5).
+      per_step_bn: per-step batch-norm scales and biases (MAML++'s BNWB;
+        ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
+        off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
+        predates the option resume with it off (``LEGACY_DEFAULTS``).
     """
+
+    # What a key missing from an older run's config.json stands for (the behaviour
+    # before the option existed), so resuming or evaluating that run rebuilds it.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"per_step_bn": False}
 
     workdir: str = "runs/omniglot/maml-5w1s"
     data_dir: str | None = None
@@ -110,6 +118,7 @@ class OmniglotTrain:
     devices: int = 0
     imaml_lam: float = 2.0
     imaml_cg_steps: int = 5
+    per_step_bn: bool | None = None
 
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
@@ -125,6 +134,9 @@ class OmniglotTrain:
             eval_inner_steps=eval_steps if self.eval_inner_steps is None else self.eval_inner_steps,
             meta_batch=(32 if five else 16) if self.meta_batch is None else self.meta_batch,
             conv=conv4.resolve_conv(self.conv),
+            per_step_bn=self.algorithm == "maml++"
+            if self.per_step_bn is None
+            else self.per_step_bn,
         )
 
 
@@ -212,6 +224,12 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None):
     extra = {}
     if cfg.algorithm == "imaml":
         extra = {"lam": cfg.imaml_lam, "cg_steps": cfg.imaml_cg_steps}
+    if cfg.per_step_bn:
+        if cfg.algorithm not in ("maml", "fomaml", "maml++"):
+            raise ValueError(
+                f"--per-step-bn is for maml, fomaml and maml++; got --algorithm {cfg.algorithm}."
+            )
+        extra["per_step_params"] = conv4.batch_norm_mask
     return factory(
         classifier_loss(cfg.conv, batch_stats),
         inner_lr=cfg.inner_lr,
@@ -329,7 +347,7 @@ def make_step(cfg: OmniglotTrain, learner, outer: optax.GradientTransformation):
 
 def train(cfg: OmniglotTrain) -> TrainState:
     """Meta-trains (or resumes) one Omniglot run; returns the final state."""
-    cfg = cfg.resolved()
+    cfg = with_legacy_defaults(cfg, cfg.workdir).resolved()
     learner = build_learner(cfg)
     state, outer = initial_state(cfg)
     data = omniglot_data.load_omniglot(cfg.data_dir)
@@ -390,6 +408,7 @@ def train(cfg: OmniglotTrain) -> TrainState:
         config=config,
         progress=cfg.progress,
         description=f"omniglot/{cfg.algorithm} {cfg.ways}w{cfg.shots}s",
+        legacy_defaults=OmniglotTrain.LEGACY_DEFAULTS,
     )
 
 
@@ -432,6 +451,11 @@ def evaluate(cfg: OmniglotEval) -> dict:
 
     batch_stats = None
     if cfg.batch_norm == "population":
+        if train_cfg.per_step_bn:
+            raise ValueError(
+                "--batch-norm population is not implemented for runs with per-step "
+                "batch-norm weights (per_step_bn); evaluate them transductively."
+            )
         train_images, _ = load_images(train_cfg, "train", data)
         keys = jax.random.split(jax.random.key(cfg.seed + 1), cfg.stats_batches)
         support = jax.vmap(
