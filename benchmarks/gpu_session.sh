@@ -44,22 +44,26 @@ EVAL_S=${EVAL_S:-50}
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 
 if [ -z "${DRY_RUN:-}" ]; then
-stamp "task-parallel modes, W1 (conv auto: im2col)"
-timeout 90 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap map 4 auto \
-  --out "$R/task_parallel_gpu.jsonl" --md "$R/task_parallel_gpu.md"
-stamp "task-parallel, W1 with xla convolutions"
-timeout 40 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap --conv xla \
-  --out "$R/task_parallel_gpu_xla.jsonl" --md "$R/task_parallel_gpu_xla.md"
-
+# Most needed first: the 2026-11-29 session measured the rest but lost these to a limit.
 stamp "Omniglot W1/W2 beside the peers, same GPU"
 timeout 150 python3 benchmarks/omniglot_vs_peers.py --device cuda \
   --workloads W1-so-1step W2-so-1step --peers learn2learn higher torchopt \
   --peer-allocator default --warmup 3 --iters 10 --out "$R/omniglot_vs_peers_gpu.jsonl"
 
-stamp "W3 sinusoid beside the peers, same GPU"
-timeout 80 python3 benchmarks/sinusoid_vs_peers.py --device cuda --rounds 1 \
-  --peers learn2learn torchopt --peer-iters 30 \
+stamp "W3 sinusoid beside the peers, same GPU (5 inner steps)"
+timeout 60 python3 benchmarks/sinusoid_vs_peers.py --device cuda --rounds 1 \
+  --workloads W3-so-5step --metajax metajax-plain metajax-fused \
+  --peers learn2learn torchopt --peer-iters 20 \
   --out "$R/sinusoid_vs_peers_gpu.jsonl" --md "$R/sinusoid_vs_peers_gpu.md"
+
+stamp "task-parallel modes, W1 (conv auto: im2col)"
+timeout 70 python3 benchmarks/task_parallel.py --workloads W1 --modes vmap map 4 \
+  --out "$R/task_parallel_gpu.jsonl" --md "$R/task_parallel_gpu.md"
+
+stamp "suite: conv4-64, one axis at a time"
+timeout 90 python3 benchmarks/suite.py --models conv4 --conv4-channels 64 \
+  --meta-batch 32 128 --inner-steps 1 5 --remat off on \
+  --out "$R/suite_gpu.jsonl" --md "$R/suite_gpu.md"
 fi
 tar czf "$OUT/bench.tar.gz" -C "$OUT" bench
 
