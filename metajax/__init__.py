@@ -24,6 +24,7 @@ from metajax.algorithms import (
     meta_sgd,
     multi_step_loss_weights,
     pretrain,
+    proto_maml,
     protonet,
     reptile,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "parallel",
     "pretrain",
     "protonet",
+    "proto_maml",
     "repeat_step",
     "reptile",
     "softmax_cross_entropy",

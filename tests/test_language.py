@@ -380,6 +380,7 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
             shots=1,
             queries=2,
             inner_steps=1,
+            algorithm="proto-maml",
             hybrid_fraction=0.5,
             steps_per_call=2,
             log_every=2,
@@ -392,7 +393,11 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
     assert config["width"] == TINY["width"]  # model fields come from --init-from
     results = language.evaluate_intents(
         language.IntentEval(
-            workdirs=(str(tmp_path / "smlmt"), str(tmp_path / "mlm")),
+            workdirs=(
+                str(tmp_path / "smlmt"),
+                str(tmp_path / "mlm"),
+                f"{tmp_path / 'smlmt'}@proto-finetune",
+            ),
             scratch=True,
             ways=3,
             shots=(1,),
@@ -403,5 +408,6 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
             out=str(tmp_path),
         )
     )
-    assert len(results["rows"]) == 3 * 2 * 2  # runs x methods x datasets
+    # (3 runs x 2 methods + 1 proto-finetune) x 2 datasets
+    assert len(results["rows"]) == (3 * 2 + 1) * 2
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rows"])

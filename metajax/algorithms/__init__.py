@@ -2,7 +2,8 @@
 
 ``ALGORITHMS`` maps a name to its factory. The gradient-based ones take
 ``(loss_fn, inner_lr=..., inner_steps=..., ...)``; ``protonet`` takes
-``(embed_fn, num_classes)``.
+``(embed_fn, num_classes)``. ``proto_maml`` (a model's loss, its features and where its
+head lives) is not in the table: the recipes that support it build it themselves.
 """
 
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from metajax.algorithms.maml import (
     pretrain,
     reptile,
 )
-from metajax.algorithms.protonet import protonet
+from metajax.algorithms.proto_maml import proto_maml, prototype_head
+from metajax.algorithms.protonet import class_prototypes, protonet
 
 ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "maml": maml,
@@ -48,5 +50,8 @@ __all__ = [
     "multi_step_loss_weights",
     "pretrain",
     "protonet",
+    "proto_maml",
+    "prototype_head",
+    "class_prototypes",
     "reptile",
 ]

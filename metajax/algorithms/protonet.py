@@ -35,6 +35,22 @@ Params = Any
 EmbedFn = Callable[[Params, Batch], jax.Array]
 
 
+def class_prototypes(
+    features: jax.Array, support: Batch, num_classes: int
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted class means ``[C, F]`` of ``features`` ``[N, F]``, and the weight per class ``[C]``.
+
+    Weight-0 (padding) examples count for nothing; a class without support has a zero
+    prototype and count 0.
+    """
+    labels = jax.nn.one_hot(support.targets, num_classes, dtype=features.dtype)
+    weights = jnp.where(support.weights > 0, support.weights, 0).astype(features.dtype)
+    weighted = labels * weights[:, None]  # [N, C]
+    counts = jnp.sum(weighted, axis=0)
+    safe = jnp.where(counts > 0, counts, 1.0)
+    return (weighted.T @ features) / safe[:, None], counts
+
+
 def protonet(embed_fn: EmbedFn, num_classes: int) -> MetaLearner:
     """Prototypical networks.
 
@@ -78,13 +94,7 @@ def protonet(embed_fn: EmbedFn, num_classes: int) -> MetaLearner:
     def adapt_fn(encoder, support: Batch, *, steps=None, observe=None):
         """Computes the prototypes; ``steps`` only sizes the observations."""
         steps = 1 if steps is None else steps
-        features = embed(encoder, support)
-        labels = jax.nn.one_hot(support.targets, num_classes, dtype=features.dtype)
-        weights = jnp.where(support.weights > 0, support.weights, 0).astype(features.dtype)
-        weighted = labels * weights[:, None]  # [N, C]
-        counts = jnp.sum(weighted, axis=0)
-        safe = jnp.where(counts > 0, counts, 1.0)
-        prototypes = (weighted.T @ features) / safe[:, None]
+        prototypes, counts = class_prototypes(embed(encoder, support), support, num_classes)
         classifier = {"encoder": encoder, "prototypes": prototypes, "counts": counts}
         observations = None
         if observe is not None:
@@ -96,7 +106,7 @@ def protonet(embed_fn: EmbedFn, num_classes: int) -> MetaLearner:
                 before,
                 after,
             )
-        support_losses = jnp.zeros((0,), features.dtype)
+        support_losses = jnp.zeros((0,), prototypes.dtype)
         return classifier, inner_lib.InnerResult(support_losses, observations)
 
     def logits_fn(classifier, batch: Batch) -> jax.Array:

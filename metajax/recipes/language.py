@@ -78,7 +78,7 @@ TRAIN_DOMAINS = (
 )
 
 MLMAlgorithm = Literal["maml", "fomaml", "reptile", "pretrain"]
-SMLMTAlgorithm = Literal["maml", "fomaml", "protonet"]
+SMLMTAlgorithm = Literal["maml", "fomaml", "protonet", "proto-maml"]
 AdaptSubset = Literal["heads", "last", "adapters", "all"]
 
 
@@ -446,8 +446,10 @@ class SMLMTTrain(ModelConfig):
       data_dir: folder holding ``text/``.
       init_from: a text-mlm run to start from (its model fields replace these);
         ``None``: random initialisation.
-      algorithm: ``maml``/``fomaml`` (inner loop on ``cls_head`` and ``adapt``) or
-        ``protonet`` (nearest prototype on the features).
+      algorithm: ``maml``/``fomaml`` (inner loop on ``cls_head`` and ``adapt``),
+        ``protonet`` (nearest prototype on the features), or ``proto-maml`` (MAML whose
+        ``cls_head`` starts each episode at the prototype classifier, as Bansal et al.
+        do; :func:`metajax.algorithms.proto_maml`).
       steps: meta-steps.
       meta_batch: episodes per meta-step.
       ways: N.
@@ -504,6 +506,16 @@ def classification_learner(
     model = make_model(mc, ways)
     if algorithm == "protonet":
         return model, algorithms.protonet(feature_embedding(model), ways)
+    if algorithm == "proto-maml":
+        return model, algorithms.proto_maml(
+            classification_loss(model),
+            feature_embedding(model),
+            _set_cls_head,
+            num_classes=ways,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            adapt=adapt_subset(adapt, mc.depth),
+        )
     factory = algorithms.ALGORITHMS[algorithm]
     return model, factory(
         classification_loss(model),
@@ -511,6 +523,11 @@ def classification_learner(
         inner_steps=inner_steps,
         adapt=adapt_subset(adapt, mc.depth),
     )
+
+
+def _set_cls_head(params, weight, bias):
+    """``params`` with ``cls_head`` (a flax Dense: kernel ``[F, C]``, bias ``[C]``) replaced."""
+    return {"params": {**params["params"], "cls_head": {"kernel": weight, "bias": bias}}}
 
 
 def build_smlmt_learner(cfg: SMLMTTrain):
@@ -643,6 +660,10 @@ def load_encoder(workdir: str, ways: int) -> tuple[ModelConfig, dict, str]:
     return mc, params, kind
 
 
+# Evaluation method -> the learner that adapts to each episode.
+INTENT_METHODS = {"finetune": "maml", "prototypes": "protonet", "proto-finetune": "proto-maml"}
+
+
 @dataclasses.dataclass(frozen=True)
 class IntentEval:
     """Few-shot intent classification with 95% CIs over episodes.
@@ -655,7 +676,9 @@ class IntentEval:
       datasets: ``clinc150`` (test split of the held-out domains) and/or ``banking77``
         (test split, all 77 intents).
       methods: ``finetune`` (inner SGD on ``cls_head`` + ``adapt``, from the run's
-        head) and/or ``prototypes`` (nearest class mean of the features).
+        head), ``prototypes`` (nearest class mean of the features) and/or
+        ``proto-finetune`` (the same fine-tuning from the prototype head: Proto-MAML's
+        adaptation).
       ways: N.
       shots: K values.
       queries: query examples per class.
@@ -719,8 +742,8 @@ def evaluate_intents(cfg: IntentEval) -> dict:
     runs = []
     for spec in cfg.workdirs:
         workdir, _, only = spec.partition("@")
-        if only and only not in ("finetune", "prototypes"):
-            raise ValueError(f"{spec}: the method after @ must be finetune or prototypes.")
+        if only and only not in INTENT_METHODS:
+            raise ValueError(f"{spec}: the method after @ must be one of {INTENT_METHODS}.")
         runs.append((workdir, *load_encoder(workdir, cfg.ways), (only,) if only else cfg.methods))
     if cfg.scratch:
         mc = runs[0][1]
@@ -729,7 +752,9 @@ def evaluate_intents(cfg: IntentEval) -> dict:
     results = {"config": dataclasses.asdict(cfg), "rows": []}
     for name, mc, params, kind, methods in runs:
         for method in methods:
-            algorithm = "protonet" if method == "prototypes" else "maml"
+            if method not in INTENT_METHODS:
+                raise ValueError(f"unknown method {method!r}; use one of {INTENT_METHODS}.")
+            algorithm = INTENT_METHODS[method]
             _, learner = classification_learner(
                 mc, algorithm, cfg.ways, cfg.inner_lr, cfg.inner_steps, cfg.adapt
             )
