@@ -39,7 +39,15 @@ Algorithm = Literal[
 # MAML++'s Omniglot configs (5 steps, initial per-step lr 0.1) and iMAML-GD's
 # released Omniglot command (16 steps, lr 0.1; lambda 2, 5 CG steps are imaml's defaults).
 # A prototypical network has no inner steps: its "adaptation" (the prototypes) is one.
-_ALGORITHM_INNER_DEFAULTS = {"maml++": (0.1, 5, 5), "imaml": (0.1, 16, 16), "protonet": (0.0, 1, 1)}
+# Reptile with one inner step is joint training (Nichol et al., sec. 5), so it gets
+# MAML++'s 5 steps of lr 0.1 (the Reptile paper's own Omniglot runs used 5 Adam steps
+# in training and 50 at test time).
+_ALGORITHM_INNER_DEFAULTS = {
+    "maml++": (0.1, 5, 5),
+    "imaml": (0.1, 16, 16),
+    "protonet": (0.0, 1, 1),
+    "reptile": (0.1, 5, 5),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +55,8 @@ class OmniglotTrain:
     """Meta-train a conv4 learner on Omniglot N-way K-shot episodes.
 
     Unset (``None``) hyperparameters take the MAML paper's value for the number of ways
-    (inner lr and steps for ``maml++`` and ``imaml``: their papers' Omniglot values).
+    (inner lr and steps for ``maml++`` and ``imaml``: their papers' Omniglot values;
+    ``reptile``: 5 steps of lr 0.1, since one step would be joint training).
 
     Attributes:
       workdir: run directory (checkpoints, metrics, config); rerun to resume.
