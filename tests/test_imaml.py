@@ -61,6 +61,23 @@ def test_implicit_gradient_equals_closed_form_and_unrolled_when_inner_problem_is
         np.testing.assert_allclose(ravel_pytree(unrolled)[0], expected, rtol=1e-9, atol=1e-12)
 
 
+def test_damped_system_is_the_released_codes():
+    """cg_damping / lam_damping solve ((1 + d) I + H / (lam + ld)) v = g exactly."""
+    with jax.enable_x64(True):
+        params, task = _quadratic_setup()
+        lam, d, ld = 2.0, 1.0, 10.0
+        learner = mj.imaml(
+            LOSS, inner_lr=0.1, inner_steps=150, lam=lam, cg_steps=10, cg_damping=d, lam_damping=ld
+        )
+        phi_star, _ = _closed_form(params, task, lam)
+        theta, unravel = ravel_pytree(params)
+        h = jax.hessian(lambda f: LOSS(unravel(f), task.support)[0])(phi_star)
+        g = jax.grad(lambda f: LOSS(unravel(f), task.query)[0])(phi_star)
+        expected = jnp.linalg.solve((1 + d) * jnp.eye(theta.size) + h / (lam + ld), g)
+        damped = jax.jit(jax.grad(lambda p: learner.loss(p, task)[0]))(params)
+        np.testing.assert_allclose(ravel_pytree(damped)[0], expected, rtol=1e-8, atol=1e-12)
+
+
 def test_large_lambda_tends_to_first_order_and_zero_cg_steps_is_first_order():
     with jax.enable_x64(True):
         params, task = _quadratic_setup()

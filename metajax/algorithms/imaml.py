@@ -101,6 +101,8 @@ def imaml(
     cg_steps: int = 5,
     cg_tol: float = 1e-10,
     inner_optimizer: optax.GradientTransformation | None = None,
+    cg_damping: float = 0.0,
+    lam_damping: float = 0.0,
 ) -> MetaLearner:
     """Implicit MAML (iMAML-GD).
 
@@ -116,6 +118,11 @@ def imaml(
       cg_tol: relative residual at which CG stops early.
       inner_optimizer: any optax transformation instead of SGD (e.g. a
         Hessian-free or Adam inner solver); it is never differentiated through.
+      cg_damping, lam_damping: damp the linear system the meta-gradient solves to
+        ``((1 + cg_damping) I + H / (lam + lam_damping)) v = g``. ``0, 0`` (the
+        default) is the paper's system; the authors' released code uses ``1, 10``.
+        With a nonconvex support loss ``H`` can have negative eigenvalues, and for
+        small ``lam`` the undamped system can be indefinite.
 
     Returns:
       A :class:`MetaLearner` whose meta-parameters are the model parameters.
@@ -140,6 +147,10 @@ def imaml(
         raise ValueError(f"lam must be > 0, got {lam!r}.")
     if not isinstance(cg_steps, int) or cg_steps < 0:
         raise ValueError(f"cg_steps must be a non-negative int, got {cg_steps!r}.")
+    if cg_damping < 0 or lam_damping < 0:
+        raise ValueError(
+            f"cg_damping and lam_damping must be >= 0, got {cg_damping!r}, {lam_damping!r}."
+        )
     tx = inner_optimizer if inner_optimizer is not None else inner_lib.sgd(inner_lr)
 
     def adapt_fn(theta, support: Batch, *, steps=None, observe=None):
@@ -175,7 +186,8 @@ def imaml(
         _, hvp = jax.linearize(jax.grad(support_loss), phi)
 
         def matvec(v):
-            return jax.tree.map(lambda a, b: a + b / lam, v, hvp(v))
+            scale, curvature = 1.0 + cg_damping, 1.0 / (lam + lam_damping)
+            return jax.tree.map(lambda a, b: scale * a + curvature * b, v, hvp(v))
 
         return conjugate_gradient(matvec, g, steps=cg_steps, tol=cg_tol), None
 

@@ -92,6 +92,9 @@ class OmniglotTrain:
         Rajeswaran et al.'s Omniglot value, 2.0).
       imaml_cg_steps: conjugate-gradient steps of iMAML's implicit meta-gradient
         (``imaml`` only; the paper's 5).
+      imaml_cg_damping, imaml_lam_damping: damping of iMAML's linear system
+        (:func:`~metajax.algorithms.imaml`; 0, 0 is the paper's, 1, 10 the authors'
+        released code's).
       per_step_bn: per-step batch-norm scales and biases (MAML++'s BNWB;
         ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
         off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
@@ -127,6 +130,8 @@ class OmniglotTrain:
     devices: int = 0
     imaml_lam: float = 2.0
     imaml_cg_steps: int = 5
+    imaml_cg_damping: float = 0.0
+    imaml_lam_damping: float = 0.0
     per_step_bn: bool | None = None
 
     def resolved(self) -> OmniglotTrain:
@@ -232,7 +237,12 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None):
     factory = algorithms.ALGORITHMS[cfg.algorithm]
     extra = {}
     if cfg.algorithm == "imaml":
-        extra = {"lam": cfg.imaml_lam, "cg_steps": cfg.imaml_cg_steps}
+        extra = {
+            "lam": cfg.imaml_lam,
+            "cg_steps": cfg.imaml_cg_steps,
+            "cg_damping": cfg.imaml_cg_damping,
+            "lam_damping": cfg.imaml_lam_damping,
+        }
     if cfg.per_step_bn:
         if cfg.algorithm not in ("maml", "fomaml", "maml++"):
             raise ValueError(
