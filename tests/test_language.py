@@ -328,10 +328,16 @@ def test_text_mlm_recipe_smoke(tmp_path):
         checkpoint_every=4,
         progress=False,
     )
-    for algorithm in ("maml", "pretrain"):
-        language.train_mlm(
-            language.TextMLMTrain(workdir=str(tmp_path / algorithm), algorithm=algorithm, **common)
-        )
+    pretrained = language.train_mlm(
+        language.TextMLMTrain(workdir=str(tmp_path / "pretrain"), algorithm="pretrain", **common)
+    )
+    # MAML continued from the plain-MLM run starts at its parameters.
+    maml_cfg = language.TextMLMTrain(
+        workdir=str(tmp_path / "maml"), init_from=str(tmp_path / "pretrain"), **common
+    )
+    start = language.initial_mlm_state(maml_cfg.resolved())[0].meta_params
+    chex.assert_trees_all_equal(start, pretrained.meta_params)
+    language.train_mlm(maml_cfg)
     results = language.evaluate_mlm(
         language.TextMLMEval(
             workdirs=(str(tmp_path / "maml"), str(tmp_path / "pretrain")),

@@ -205,6 +205,9 @@ class TextMLMTrain(ModelConfig):
       data_dir: folder holding ``text/`` (default ``$METAJAX_DATA_DIR`` or ``../shared/data``).
       algorithm: ``maml``/``fomaml``/``reptile``, or ``pretrain`` (plain masked LM on
         the same passages: the non-meta baseline).
+      init_from: a text-mlm run whose parameters this run starts from (its model
+        fields replace these), e.g. MAML continued from a plain-MLM encoder;
+        ``None``: random initialisation.
       steps: meta-steps.
       meta_batch: tasks (sources) per meta-step.
       support: support passages per task.
@@ -226,6 +229,7 @@ class TextMLMTrain(ModelConfig):
     workdir: str = "runs/text-mlm/maml"
     data_dir: str | None = None
     algorithm: MLMAlgorithm = "maml"
+    init_from: str | None = None
     steps: int = 500
     meta_batch: int = 4
     support: int = 8
@@ -241,6 +245,14 @@ class TextMLMTrain(ModelConfig):
     eval_every: int = 100
     checkpoint_every: int = 100
     progress: bool = True
+
+    def resolved(self) -> TextMLMTrain:
+        """Takes the model fields from ``init_from``'s config."""
+        if self.init_from is None:
+            return self
+        with open(os.path.join(self.init_from, "config.json")) as f:
+            init_cfg = json.load(f)
+        return dataclasses.replace(self, **{k: init_cfg[k] for k in _MODEL_FIELDS})
 
 
 def build_mlm_learner(cfg: TextMLMTrain, inner_lr: float | None = None):
@@ -274,17 +286,21 @@ def mlm_sampler(cfg, *, support: int, query: int):
     )
 
 
-def initial_mlm_state(cfg: TextMLMTrain):
+def initial_mlm_state(cfg: TextMLMTrain, *, load_init: bool = True):
     _, learner = build_mlm_learner(cfg)
     init_key, task_key = jax.random.split(jax.random.key(cfg.seed))
     outer = optax.adam(cfg.outer_lr)
-    return init_train_state(
-        learner, init_params(model_config(cfg), init_key), outer, task_key
-    ), outer
+    params = init_params(model_config(cfg), init_key)
+    if cfg.init_from is not None and load_init:
+        init_cfg, init_state = load_mlm_run(cfg.init_from)
+        start = build_mlm_learner(init_cfg)[1].params(init_state.meta_params)
+        params = jax.tree.map(lambda fresh, p: jnp.asarray(p, fresh.dtype), params, start)
+    return init_train_state(learner, params, outer, task_key), outer
 
 
 def train_mlm(cfg: TextMLMTrain) -> TrainState:
     """Meta-trains (or resumes) one text-mlm run; returns the final state."""
+    cfg = cfg.resolved()
     _, learner = build_mlm_learner(cfg)
     state, outer = initial_mlm_state(cfg)
     streams = mlm_data(cfg, TRAIN_SOURCES)
@@ -331,7 +347,9 @@ def train_mlm(cfg: TextMLMTrain) -> TrainState:
 
 
 def load_mlm_run(workdir: str) -> tuple[TextMLMTrain, TrainState]:
-    return restore_run(workdir, TextMLMTrain, lambda cfg: initial_mlm_state(cfg)[0])
+    return restore_run(
+        workdir, TextMLMTrain, lambda cfg: initial_mlm_state(cfg, load_init=False)[0]
+    )
 
 
 @dataclasses.dataclass(frozen=True)
