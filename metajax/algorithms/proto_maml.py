@@ -73,7 +73,10 @@ def proto_maml(
         ``learn_hyperparams``, are not supported).
 
     Returns:
-      A :class:`MetaLearner` over the model parameters.
+      A :class:`MetaLearner` over the model parameters. Its ``params(meta)`` is the
+      model with the meta-parameters' own head, which is what the train step's
+      ``*_pre`` metrics evaluate; adaptation, and the eval step's "after 0 steps",
+      start from the prototype head.
 
     Reference: Triantafillou et al., "Meta-Dataset", ICLR 2020, sec. 3.
     """
