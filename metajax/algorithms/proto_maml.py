@@ -29,8 +29,7 @@ import jax.numpy as jnp
 
 from metajax.algorithms.base import MetaLearner
 from metajax.algorithms.maml import maml
-from metajax.algorithms.protonet import EmbedFn, class_prototypes
-from metajax.losses import _zero_masked_out
+from metajax.algorithms.protonet import EmbedFn, class_prototypes, embed_examples
 from metajax.tasks import Batch, Task
 
 Params = Any
@@ -85,13 +84,7 @@ def proto_maml(
     base = maml(loss_fn, inner_lr, inner_steps, first_order, **maml_kwargs)
 
     def with_prototype_head(meta_params: Params, support: Batch) -> Params:
-        inputs, targets = _zero_masked_out(support)
-        features = embed_fn(meta_params, support.replace(inputs=inputs, targets=targets))
-        if features.ndim != 2 or features.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"embed_fn must return [N, F] features for N = {targets.shape[0]} examples; "
-                f"got shape {features.shape}."
-            )
+        features = embed_examples(embed_fn, meta_params, support)
         weight, bias = prototype_head(*class_prototypes(features, support, num_classes))
         return set_head(meta_params, weight, bias)
 

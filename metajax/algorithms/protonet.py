@@ -35,6 +35,18 @@ Params = Any
 EmbedFn = Callable[[Params, Batch], jax.Array]
 
 
+def embed_examples(embed_fn: EmbedFn, params: Params, batch: Batch) -> jax.Array:
+    """``embed_fn(params, batch)`` with weight-0 inputs zeroed, checked to be ``[N, F]``."""
+    inputs, targets = _zero_masked_out(batch)
+    features = embed_fn(params, batch.replace(inputs=inputs, targets=targets))
+    if features.ndim != 2 or features.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"embed_fn must return [N, F] features for N = {targets.shape[0]} examples; "
+            f"got shape {features.shape}."
+        )
+    return features
+
+
 def class_prototypes(
     features: jax.Array, support: Batch, num_classes: int
 ) -> tuple[jax.Array, jax.Array]:
@@ -82,14 +94,7 @@ def protonet(embed_fn: EmbedFn, num_classes: int) -> MetaLearner:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
 
     def embed(encoder, batch: Batch) -> jax.Array:
-        inputs, targets = _zero_masked_out(batch)
-        features = embed_fn(encoder, batch.replace(inputs=inputs, targets=targets))
-        if features.ndim != 2 or features.shape[0] != targets.shape[0]:
-            raise ValueError(
-                f"embed_fn must return [N, F] features for N = {targets.shape[0]} examples; "
-                f"got shape {features.shape}."
-            )
-        return features
+        return embed_examples(embed_fn, encoder, batch)
 
     def adapt_fn(encoder, support: Batch, *, steps=None, observe=None):
         """Computes the prototypes; ``steps`` only sizes the observations."""

@@ -108,6 +108,15 @@ class ModelConfig:
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
+def _model_fields_from_init(cfg):
+    """``cfg`` with the model fields of the run named by ``cfg.init_from`` (if any)."""
+    if cfg.init_from is None:
+        return cfg
+    with open(os.path.join(cfg.init_from, "config.json")) as f:
+        init_cfg = json.load(f)
+    return dataclasses.replace(cfg, **{k: init_cfg[k] for k in _MODEL_FIELDS})
+
+
 def model_config(cfg) -> ModelConfig:
     return ModelConfig(**{k: getattr(cfg, k) for k in _MODEL_FIELDS})
 
@@ -248,11 +257,7 @@ class TextMLMTrain(ModelConfig):
 
     def resolved(self) -> TextMLMTrain:
         """Takes the model fields from ``init_from``'s config."""
-        if self.init_from is None:
-            return self
-        with open(os.path.join(self.init_from, "config.json")) as f:
-            init_cfg = json.load(f)
-        return dataclasses.replace(self, **{k: init_cfg[k] for k in _MODEL_FIELDS})
+        return _model_fields_from_init(self)
 
 
 def build_mlm_learner(cfg: TextMLMTrain, inner_lr: float | None = None):
@@ -511,11 +516,7 @@ class SMLMTTrain(ModelConfig):
 
     def resolved(self) -> SMLMTTrain:
         """Takes the model fields from ``init_from``'s config."""
-        if self.init_from is None:
-            return self
-        with open(os.path.join(self.init_from, "config.json")) as f:
-            init_cfg = json.load(f)
-        return dataclasses.replace(self, **{k: init_cfg[k] for k in _MODEL_FIELDS})
+        return _model_fields_from_init(self)
 
 
 def classification_learner(
