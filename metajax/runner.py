@@ -116,15 +116,15 @@ class _StopOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self):
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
-    def __exit__(self, *exc):
+    def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
     def requested(self, step: int, every: int) -> int | None:
         """The signal to stop on, agreed by every process (checked each ``every`` steps there)."""
@@ -285,8 +285,8 @@ def run_training(
 
     step = start
     stop = _StopOnSignal()
+    stop.install()
     try:
-        stop.__enter__()
         while step < num_steps:
             state, metrics = train_step(state)
             step += steps_per_call
@@ -320,7 +320,7 @@ def run_training(
         if pending is not None:
             flush(*pending)
     finally:
-        stop.__exit__()
+        stop.uninstall()
         if bar is not None:
             bar.close()
         ckpt.close()
