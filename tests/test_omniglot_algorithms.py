@@ -65,3 +65,15 @@ def test_maml_plus_plus_has_per_step_batch_norm_weights_and_old_runs_resume_with
     assert not omniglot.OmniglotTrain(algorithm="maml").resolved().per_step_bn
     with pytest.raises(ValueError, match="per-step-bn is for maml"):
         omniglot.build_learner(omniglot.OmniglotTrain(algorithm="anil", per_step_bn=True))
+
+
+def test_reptile_outer_step_is_the_papers_interpolation_by_default():
+    cfg = omniglot.OmniglotTrain(algorithm="reptile", channels=4, steps=100).resolved()
+    assert (cfg.outer_optimizer, cfg.outer_lr, cfg.inner_steps) == ("sgd", 1.0, 5)
+    state, outer = omniglot.initial_state(cfg)
+    theta = {"w": jnp.array([1.0, 2.0])}
+    phi = {"w": jnp.array([3.0, -2.0])}
+    # The gradient of Reptile's surrogate is theta - phi; at step 0, eps = 1.
+    updates, _ = outer.update(jax.tree.map(jnp.subtract, theta, phi), outer.init(theta), theta)
+    np.testing.assert_allclose(theta["w"] + updates["w"], phi["w"])
+    assert omniglot.OmniglotTrain(algorithm="maml").resolved().outer_optimizer == "adam"

@@ -72,7 +72,11 @@ class OmniglotTrain:
       inner_steps: inner steps in training (paper: 1 for 5-way, 5 for 20-way).
       eval_inner_steps: inner steps at evaluation (paper: 3 for 5-way, 5 for 20-way).
       meta_batch: tasks per meta-step (paper: 32 for 5-way, 16 for 20-way).
-      outer_lr: Adam learning rate.
+      outer_lr: outer learning rate (default: 1e-3 for Adam; 1.0 for ``sgd``).
+      outer_optimizer: ``adam``, or ``sgd`` with the learning rate annealed linearly
+        to 0 over ``steps``. Default: ``sgd`` for ``reptile`` (Nichol et al.'s outer
+        step ``theta += eps (mean(phi) - theta)``, ``eps`` from 1 to 0, is SGD on
+        Reptile's direction), ``adam`` otherwise.
       steps: meta-iterations (paper: 60,000).
       channels: conv filters.
       conv: convolution formulation: ``auto`` (``im2col`` on CPU and GPU, ``xla`` on
@@ -103,7 +107,7 @@ class OmniglotTrain:
 
     # What a key missing from an older run's config.json stands for (the behaviour
     # before the option existed), so resuming or evaluating that run rebuilds it.
-    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"per_step_bn": False}
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"per_step_bn": False, "outer_optimizer": "adam"}
 
     workdir: str = "runs/omniglot/maml-5w1s"
     data_dir: str | None = None
@@ -116,7 +120,8 @@ class OmniglotTrain:
     inner_steps: int | None = None
     eval_inner_steps: int | None = None
     meta_batch: int | None = None
-    outer_lr: float = 1e-3
+    outer_lr: float | None = None
+    outer_optimizer: Literal["adam", "sgd"] | None = None
     steps: int = 60_000
     channels: int = 64
     conv: conv4.ConvImpl = "auto"
@@ -137,6 +142,7 @@ class OmniglotTrain:
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
         five = self.ways <= 5
+        outer = self.outer_optimizer or ("sgd" if self.algorithm == "reptile" else "adam")
         lr, steps, eval_steps = _ALGORITHM_INNER_DEFAULTS.get(
             self.algorithm, (0.4 if five else 0.1, 1 if five else 5, 3 if five else 5)
         )
@@ -151,6 +157,8 @@ class OmniglotTrain:
             per_step_bn=self.algorithm == "maml++"
             if self.per_step_bn is None
             else self.per_step_bn,
+            outer_optimizer=outer,
+            outer_lr=(1.0 if outer == "sgd" else 1e-3) if self.outer_lr is None else self.outer_lr,
         )
 
 
@@ -279,11 +287,13 @@ def initial_state(cfg: OmniglotTrain) -> tuple[TrainState, optax.GradientTransfo
     learner = build_learner(cfg)
     init_key, task_key = jax.random.split(jax.random.key(cfg.seed))
     params = conv4.init(init_key, ways=cfg.ways, channels=cfg.channels)
-    # MAML++ anneals the outer learning rate with a cosine to 1e-5 over the run.
-    lr = cfg.outer_lr
-    outer = optax.adam(
-        algorithms.cosine_outer_lr(lr, cfg.steps) if cfg.algorithm == "maml++" else lr
-    )
+    if cfg.outer_optimizer == "sgd":  # Reptile's interpolation, eps annealed to 0
+        outer = optax.sgd(optax.linear_schedule(cfg.outer_lr, 0.0, cfg.steps))
+    else:  # MAML++ anneals the outer learning rate with a cosine to 1e-5 over the run.
+        lr = cfg.outer_lr
+        outer = optax.adam(
+            algorithms.cosine_outer_lr(lr, cfg.steps) if cfg.algorithm == "maml++" else lr
+        )
     return init_train_state(learner, params, outer, task_key), outer
 
 
