@@ -96,9 +96,10 @@ class OmniglotTrain:
         Rajeswaran et al.'s Omniglot value, 2.0).
       imaml_cg_steps: conjugate-gradient steps of iMAML's implicit meta-gradient
         (``imaml`` only; the paper's 5).
-      imaml_cg_damping, imaml_lam_damping: damping of iMAML's linear system
-        (:func:`~metajax.algorithms.imaml`; 0, 0 is the paper's, 1, 10 the authors'
-        released code's).
+      imaml_cg_damping: iMAML's ``cg_damping`` (:func:`~metajax.algorithms.imaml`;
+        0 is the paper's system, 1 the authors' released code's).
+      imaml_lam_damping: iMAML's ``lam_damping`` (0: the paper's; 10: the released
+        code's).
       per_step_bn: per-step batch-norm scales and biases (MAML++'s BNWB;
         ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
         off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
