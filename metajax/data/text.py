@@ -11,7 +11,9 @@ suffix) and single punctuation marks, from one regular expression. WikiText's
 ``<unk>`` maps to the unknown token. The vocabulary is the ``size`` most frequent
 words of the text it is built from (ties broken alphabetically, so it is the
 same on every machine), after the special tokens ``<pad>`` (id 0), ``<unk>`` (1),
-``<mask>`` (2).
+``<mask>`` (2). A subword vocabulary with the same interface is in
+:mod:`metajax.data.subword`; :func:`save_vocab` / :func:`load_vocab` store either
+kind as JSON, so a run's vocabulary travels with it.
 """
 
 from __future__ import annotations
@@ -86,12 +88,25 @@ class Vocab:
     def id(self, word: str) -> int:
         return self._index.get(word, UNK_ID)
 
+    def encode_word(self, word: str) -> list[int]:
+        """The ids of one pre-tokenised word: ``[id]`` (a subword vocabulary may give several)."""
+        return [self._index.get(word, UNK_ID)]
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (unknown words become ``UNK_ID``)."""
         return [self._index.get(t, UNK_ID) for t in tokenize(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.tokens[i] for i in ids if i != PAD_ID)
+
+    def to_json(self) -> dict:
+        return {"kind": "word", "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Vocab:
+        if data.get("kind") != "word":
+            raise ValueError(f"not a word vocabulary (kind {data.get('kind')!r}).")
+        return cls(tuple(data["tokens"]))
 
 
 def build_vocab(texts: Iterable[str], size: int) -> Vocab:
@@ -113,6 +128,50 @@ def build_vocab(texts: Iterable[str], size: int) -> Vocab:
         counts.pop(special, None)
     words = sorted(counts, key=lambda w: (-counts[w], w))[: size - len(SPECIALS)]
     return Vocab(SPECIALS + tuple(words))
+
+
+def save_vocab(vocab, path: str | os.PathLike) -> None:
+    """Writes a :class:`Vocab` or :class:`~metajax.data.subword.SubwordVocab` as JSON (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(vocab.to_json(), f)
+    os.replace(tmp, path)
+
+
+def load_vocab(path: str | os.PathLike):
+    """The vocabulary saved by :func:`save_vocab` (word or subword, by its ``kind``)."""
+    with open(path) as f:
+        data = json.load(f)
+    if data.get("kind") == "bpe":
+        from metajax.data.subword import SubwordVocab  # subword imports this module
+
+        return SubwordVocab.from_json(data)
+    return Vocab.from_json(data)
+
+
+def unknown_rate(vocab, texts: Iterable[str], *, per: str = "token") -> float:
+    """Fraction of ``<unk>`` in the encoded ``texts``.
+
+    Args:
+      vocab: a word or subword vocabulary.
+      texts: the text to measure (e.g. held-out books).
+      per: ``"token"``: unknown ids among all ids; ``"word"``: words (pre-tokens)
+        with at least one unknown id among all words, comparable across vocabularies.
+    """
+    if per not in ("token", "word"):
+        raise ValueError(f"per must be 'token' or 'word', got {per!r}.")
+    unknown = total = 0
+    for text in texts:
+        for word in tokenize(text):
+            ids = vocab.encode_word(word)
+            if per == "token":
+                unknown += ids.count(UNK_ID)
+                total += len(ids)
+            else:
+                unknown += UNK_ID in ids
+                total += 1
+    return unknown / max(total, 1)
 
 
 def text_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -252,8 +311,11 @@ __all__ = [
     "load_clinc150",
     "load_text_source",
     "load_text_sources",
+    "load_vocab",
     "pad_sequences",
+    "save_vocab",
     "split_sentences",
     "text_dir",
     "tokenize",
+    "unknown_rate",
 ]

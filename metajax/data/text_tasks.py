@@ -12,7 +12,9 @@ Three families, all returning :class:`metajax.Task`:
 2. **SMLMT** (Bansal et al. 2020, :func:`build_smlmt_pool` +
    :func:`sample_episode`): pick ``ways`` words, ``shots + queries`` sentences
    containing each, replace the word by ``<mask>`` everywhere in the sentence;
-   the label is which of the chosen words was masked.
+   the label is which of the chosen words was masked. With a subword vocabulary
+   (:mod:`metajax.data.subword`) a word is several pieces and every piece of it is
+   masked (whole-word masking), so no piece gives the word away.
 3. **N-way K-shot intent episodes** (:func:`build_class_pool` +
    :func:`sample_episode`) over a subset of intents (e.g. held-out CLINC150 domains).
 
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metajax.data.subword import word_counts
 from metajax.data.text import (
     MASK_ID,
     PAD_ID,
@@ -43,6 +46,7 @@ from metajax.data.text import (
     Vocab,
     pad_sequences,
     split_sentences,
+    tokenize,
 )
 from metajax.losses import mask_tokens
 from metajax.tasks import Batch, Task
@@ -57,7 +61,7 @@ class TokenStreams(NamedTuple):
     lengths: jax.Array
 
 
-def make_token_streams(vocab: Vocab, texts: Mapping[str, str]) -> TokenStreams:
+def make_token_streams(vocab, texts: Mapping[str, str]) -> TokenStreams:
     """Encodes each text into one stream (in the order of ``texts``)."""
     encoded = [np.asarray(vocab.encode(t), np.int32) for t in texts.values()]
     lengths = np.asarray([len(e) for e in encoded], np.int32)
@@ -125,14 +129,19 @@ class ClassPool(NamedTuple):
       sentences: ``[M, T]`` padded token ids.
       members: ``[C, max_members]`` sentence indices of each class (padded with 0).
       counts: ``[C]`` valid entries of each row of ``members``.
-      class_tokens: ``[C]`` token to replace by ``<mask>`` in the class's sentences
-        (SMLMT: the class's word), or -1 for none (labelled data).
+      class_tokens: ``[C]`` word to replace by ``<mask>`` in the class's sentences
+        (SMLMT: the class's word, as a value of ``word_ids``), or -1 for none
+        (labelled data).
+      word_ids: ``[M, T]`` the word each token belongs to (every piece of a word
+        carries the word's id; -1 for none), or ``None``: the tokens themselves
+        (a word vocabulary, where a word is one token).
     """
 
     sentences: jax.Array
     members: jax.Array
     counts: jax.Array
     class_tokens: jax.Array
+    word_ids: jax.Array | None = None
 
 
 def _pack_members(groups: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +155,36 @@ def _pack_members(groups: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarr
 _WORD_RE = re.compile(r"^[a-z][a-z']*$")
 
 
+def _smlmt_word_id(vocab, texts: Sequence[str], skip_most_frequent: int):
+    """``word -> class id or -1``: the words that may be SMLMT classes.
+
+    A word vocabulary keeps its historical rule: a word's class id is its token id,
+    and the ``skip_most_frequent`` first vocabulary words are not classes. Any other
+    vocabulary ranks the words of ``texts`` by count (ties a-z) and uses the rank,
+    skipping the most frequent ones and words with an unknown piece.
+    """
+    if isinstance(vocab, Vocab):
+        first_word = 3 + skip_most_frequent
+
+        def word_id(word):
+            i = vocab.id(word)
+            return i if i >= first_word and _WORD_RE.match(word) else -1
+
+        return word_id
+    counts = word_counts(texts)
+    ranks = {w: r for r, w in enumerate(sorted(counts, key=lambda w: (-counts[w], w)))}
+
+    def word_id(word):
+        r = ranks.get(word, -1)
+        if r < skip_most_frequent or not _WORD_RE.match(word):
+            return -1
+        return r if UNK_ID not in vocab.encode_word(word) else -1
+
+    return word_id
+
+
 def build_smlmt_pool(
-    vocab: Vocab,
+    vocab,
     texts: Iterable[str],
     *,
     seq_len: int,
@@ -157,10 +194,12 @@ def build_smlmt_pool(
     min_tokens: int = 5,
     seed: int = 0,
 ) -> ClassPool:
-    """The SMLMT classes: vocabulary words with at least ``min_sentences`` sentences.
+    """The SMLMT classes: words with at least ``min_sentences`` sentences.
 
     Args:
-      vocab: the vocabulary.
+      vocab: a word :class:`~metajax.data.text.Vocab` or a subword vocabulary
+        (:class:`~metajax.data.subword.SubwordVocab`); with subwords every piece of
+        the class word is masked.
       texts: unlabelled text; split into sentences of ``min_tokens`` to ``seq_len``
         tokens (longer ones are truncated).
       seq_len: sentence length ``T``.
@@ -168,28 +207,31 @@ def build_smlmt_pool(
         (at least ``shots + queries`` of the episodes to be drawn).
       max_per_word: at most this many sentences are kept per word (a random
         subset, fixed by ``seed``).
-      skip_most_frequent: the most frequent vocabulary words (function words) are
-        not classes.
+      skip_most_frequent: the most frequent words (function words) are not classes.
       min_tokens: shortest sentence kept.
       seed: seed of the sentence subset.
 
     Returns:
-      A :class:`ClassPool` whose ``class_tokens`` are the words.
+      A :class:`ClassPool` whose ``class_tokens`` are the words' ids in ``word_ids``.
     """
-    sentences = []
+    texts = list(texts)
+    word_id = _smlmt_word_id(vocab, texts, skip_most_frequent)
+    sentences, sentence_words = [], []
     for text in texts:
         for sentence in split_sentences(text):
-            ids = vocab.encode(sentence)
+            ids, words = [], []
+            for word in tokenize(sentence):
+                pieces = vocab.encode_word(word)
+                ids.extend(pieces)
+                words.extend([word_id(word)] * len(pieces))
             if len(ids) >= min_tokens:
                 sentences.append(ids[:seq_len])
+                sentence_words.append(words[:seq_len])
     order = np.random.default_rng(seed).permutation(len(sentences))
-    first_word = 3 + skip_most_frequent
-    eligible = np.zeros(len(vocab), bool)
-    eligible[first_word:] = [bool(_WORD_RE.match(w)) for w in vocab.tokens[first_word:]]
     groups: dict[int, list[int]] = {}
     for i in order:
-        for word in set(sentences[i]):
-            if eligible[word]:
+        for word in set(sentence_words[i]):
+            if word >= 0:
                 group = groups.setdefault(word, [])
                 if len(group) < max_per_word:
                     group.append(int(i))
@@ -199,15 +241,19 @@ def build_smlmt_pool(
             f"only {len(words)} words occur in >= {min_sentences} sentences; SMLMT needs more text."
         )
     members, counts = _pack_members([groups[w] for w in words])
+    word_ids = np.full((len(sentences), seq_len), -1, np.int32)
+    for i, ws in enumerate(sentence_words):
+        word_ids[i, : len(ws)] = ws
     return ClassPool(
         jnp.asarray(pad_sequences(sentences, seq_len)),
         jnp.asarray(members),
         jnp.asarray(counts),
         jnp.asarray(np.asarray(words, np.int32)),
+        jnp.asarray(word_ids),
     )
 
 
-def build_class_pool(vocab: Vocab, data: IntentData, *, seq_len: int) -> ClassPool:
+def build_class_pool(vocab, data: IntentData, *, seq_len: int) -> ClassPool:
     """A pool of labelled utterances; class ``c`` of the pool is ``data`` label ``c``.
 
     Classes without examples get count 0 (never pass them to :func:`sample_episode`).
@@ -275,8 +321,10 @@ def sample_episode(
 
     rows = jax.vmap(draw)(jax.random.split(k_members, ways), chosen)  # [ways, K+Q]
     tokens = pool.sentences[rows]  # [ways, K+Q, T]
+    words = tokens if pool.word_ids is None else pool.word_ids[rows]
     word = pool.class_tokens[chosen][:, None, None]
-    tokens = jnp.where((word >= 0) & (tokens == word), MASK_ID, tokens)
+    # Every token of the class word (all its pieces, with a subword vocabulary).
+    tokens = jnp.where((word >= 0) & (words == word), MASK_ID, tokens)
     labels = jnp.broadcast_to(jnp.arange(ways, dtype=jnp.int32)[:, None], rows.shape)
     seq_len = tokens.shape[-1]
 
