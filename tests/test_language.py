@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 
 import chex
@@ -12,10 +14,11 @@ import optax
 import pytest
 
 import metajax as mj
+from metajax.data import subword, text_tasks
 from metajax.data import text as text_data
-from metajax.data import text_tasks
 from metajax.inner import adapt_mask
 from metajax.models.transformer import TransformerEncoder, adapt_subset
+from metajax.recipes import language
 
 PAD, UNK, MASK = text_data.PAD_ID, text_data.UNK_ID, text_data.MASK_ID
 
@@ -155,8 +158,8 @@ def test_mlm_task_is_reproducible_and_splits_each_source_in_halves():
         np.testing.assert_array_equal(np.asarray(task.support.inputs) == MASK, w == 1)
 
 
-def _toy_pool():
-    words = ["apple", "pear", "plum", "fig", "kiwi", "lime"]
+def _toy_text(words):
+    """300 sentences of five filler words and one of ``words``, shuffled."""
     filler = ["we", "saw", "a", "big", "red", "ripe", "small", "fruit", "today"]
     rng = np.random.default_rng(0)
     sentences = []
@@ -164,7 +167,11 @@ def _toy_pool():
         ws = list(rng.choice(filler, size=5)) + [str(rng.choice(words))]
         rng.shuffle(ws)
         sentences.append(" ".join(ws) + ".")
-    text = " ".join(sentences)
+    return " ".join(sentences)
+
+
+def _toy_pool():
+    text = _toy_text(["apple", "pear", "plum", "fig", "kiwi", "lime"])
     vocab = text_data.build_vocab([text], 40)
     pool = text_tasks.build_smlmt_pool(
         vocab, [text], seq_len=8, min_sentences=10, skip_most_frequent=0, min_tokens=3
@@ -199,6 +206,53 @@ def test_smlmt_episodes_are_reproducible_with_consistent_labels():
         # Support and query sentences are distinct draws.
         rows = {tuple(r) for r in np.asarray(task.support.inputs)}
         assert not rows & {tuple(r) for r in np.asarray(task.query.inputs)}
+
+
+def test_smlmt_with_subwords_masks_every_piece_of_the_word():
+    words = ["unkindness", "strawberry", "kingfisher", "bandana", "plum", "undertaking"]
+    text = _toy_text(words)
+    # A small vocabulary: the long words stay split into several pieces.
+    vocab = subword.train_bpe([text], 60)
+    assert max(len(vocab.encode_word(w)) for w in words) >= 3
+    pool = text_tasks.build_smlmt_pool(
+        vocab, [text], seq_len=32, min_sentences=10, skip_most_frequent=0, min_tokens=3
+    )
+    # Class ids of a subword pool are the words' frequency ranks (ties a-z).
+    counts = subword.word_counts([text])
+    id_to_word = dict(enumerate(sorted(counts, key=lambda w: (-counts[w], w))))
+    class_ids = jnp.arange(pool.counts.shape[0])
+    sample = jax.jit(
+        lambda k: text_tasks.sample_episode(
+            k, pool, class_ids, ways=3, shots=2, queries=3, with_classes=True
+        )
+    )
+    sentences_arr = np.asarray(pool.sentences)
+    multi_piece = 0
+    for key in range(10):
+        task, chosen = sample(jax.random.key(key))
+        for batch in (task.support, task.query):
+            for tokens, label in zip(np.asarray(batch.inputs), np.asarray(batch.targets)):
+                word = id_to_word[int(pool.class_tokens[chosen[label]])]
+                pieces = vocab.encode_word(word)
+                multi_piece += len(pieces) > 1
+                # The masked positions are exactly the pieces of the word's occurrences.
+                members = np.asarray(pool.members[chosen[label]])[: int(pool.counts[chosen[label]])]
+                unmasked = [
+                    sentences_arr[m]
+                    for m in members
+                    if np.array_equal(
+                        np.where(tokens == MASK, sentences_arr[m], tokens), sentences_arr[m]
+                    )
+                ]
+                assert unmasked, "un-masking gives a pool sentence of the class"
+                # Expected mask, word by word from the decoded sentence (none is truncated).
+                expected, source = [], unmasked[0]
+                for w in text_data.tokenize(vocab.decode(source)):
+                    expected += [w == word] * len(vocab.encode_word(w))
+                expected += [False] * (len(source) - len(expected))  # padding
+                np.testing.assert_array_equal(tokens == MASK, expected)
+                assert word not in vocab.decode(tokens).split(" ")
+    assert multi_piece > 0
 
 
 def test_intent_episodes_draw_only_the_given_classes():
@@ -270,8 +324,6 @@ def test_transformer_heads_padding_and_adapt_subsets():
 
 @needs_data
 def test_meta_steps_on_real_corpora_decrease_the_query_loss():
-    from metajax.recipes import language
-
     # The first 200k characters of two real sources keep tokenising cheap.
     texts = {
         name: text[:200_000]
@@ -314,8 +366,6 @@ TINY = dict(vocab_size=300, width=16, depth=1, heads=2, mlp_dim=32, seq_len=12)
 @pytest.mark.slow
 @needs_data
 def test_text_mlm_recipe_smoke(tmp_path):
-    from metajax.recipes import language
-
     common = dict(
         TINY,
         steps=4,
@@ -351,15 +401,16 @@ def test_text_mlm_recipe_smoke(tmp_path):
     )
     assert set(results["runs"]) == {str(tmp_path / "maml"), str(tmp_path / "pretrain")}
     assert (tmp_path / "text_mlm_eval.md").exists()
+    # Same vocabulary, same tasks: paired loss and accuracy differences after 0 and 1 steps.
+    assert len(results["paired"]) == 2 * 2
     lines = (tmp_path / "maml" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
 
 
 @pytest.mark.slow
 @needs_data
-def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
-    from metajax.recipes import language
-
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_smlmt_recipe_and_intent_eval_smoke(tmp_path, tokenizer):
     language.train_mlm(
         language.TextMLMTrain(
             workdir=str(tmp_path / "mlm"),
@@ -373,7 +424,7 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
             checkpoint_every=2,
             progress=False,
             algorithm="pretrain",
-            **TINY,
+            **{**TINY, "tokenizer": tokenizer},
         )
     )
     language.train_smlmt(
@@ -397,6 +448,11 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
     )
     config = json.loads((tmp_path / "smlmt" / "config.json").read_text())
     assert config["width"] == TINY["width"]  # model fields come from --init-from
+    assert config["tokenizer"] == tokenizer
+    # Both runs saved the same vocabulary, of the chosen kind.
+    vocab = text_data.load_vocab(tmp_path / "mlm" / "vocab.json")
+    assert isinstance(vocab, subword.SubwordVocab) == (tokenizer == "bpe")
+    assert text_data.load_vocab(tmp_path / "smlmt" / "vocab.json") == vocab
     results = language.evaluate_intents(
         language.IntentEval(
             workdirs=(
@@ -411,9 +467,155 @@ def test_smlmt_recipe_and_intent_eval_smoke(tmp_path):
             episodes=3,
             batch=3,
             inner_steps=1,
+            baseline=f"{tmp_path / 'mlm'}@prototypes",
             out=str(tmp_path),
         )
     )
     # (3 runs x 2 methods + 1 proto-finetune) x 2 datasets
     assert len(results["rows"]) == (3 * 2 + 1) * 2
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results["rows"])
+    # Every other row against the baseline, per data set.
+    assert len(results["paired"]) == (3 * 2 + 1 - 1) * 2
+    assert "Paired accuracy differences" in (tmp_path / "intent_eval.md").read_text()
+
+
+# ---------------------------------------------------------------- subword vocabulary and paired CIs
+
+
+def _reference_bpe(texts, size):
+    """Textbook BPE: recount every pair after every merge (slow, obviously right)."""
+    counts = subword.word_counts(texts)
+    segments = {w: subword._symbols(w) for w in counts}
+    tokens = [*text_data.SPECIALS, *sorted({s for seg in segments.values() for s in seg})]
+    merges = []
+    while len(tokens) < size:
+        pairs = collections.Counter()
+        for w, seg in segments.items():
+            for pair in zip(seg, seg[1:]):
+                pairs[pair] += counts[w]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < 2:
+            break
+        merges.append(best)
+        new = subword._join(*best)
+        if new not in tokens:
+            tokens.append(new)
+        segments = {w: subword._merge(seg, best) for w, seg in segments.items()}
+    return tokens, merges, segments
+
+
+SMALL_TEXT = (
+    "The unkindness of kings, the kindness of strangers; kingdoms rise and fall. "
+    "Aaaa! banana bandana. It's 2024 and the kingfisher's song is unkind, isn't it? "
+) * 3
+
+
+def test_bpe_matches_the_textbook_algorithm_and_is_deterministic():
+    texts = [SMALL_TEXT, "a second, shorter text about kings and bananas."]
+    vocab = subword.train_bpe(texts, 80)
+    tokens, merges, segments = _reference_bpe(texts, 80)
+    assert list(vocab.tokens) == tokens and list(vocab.merges) == merges
+    assert len(vocab) == 80
+    # Same text in any order, same merges.
+    assert subword.train_bpe(list(reversed(texts)), 80) == vocab
+    # Encoding a training word reproduces its training segmentation.
+    for word, seg in segments.items():
+        assert vocab.pieces(word) == seg, word
+    assert vocab.encode("<unk>") == [UNK]
+
+
+@needs_data
+def test_round_trip_unknown_rate_and_json_on_real_text(tmp_path):
+    train = [
+        text[:150_000]
+        for text in text_data.load_text_sources(["tinyshakespeare", "wikitext-2/valid"]).values()
+    ]
+    held_out = text_data.load_text_source("gutenberg/chesterton-brown")[:100_000]
+    bpe = subword.train_bpe(train, 1000)
+    words = text_data.build_vocab(train, 1000)
+    # Round trip: the training text exactly (as pre-tokenised words); held-out words exactly
+    # wherever no character is unknown.
+    for text in train:
+        text = text[:20_000].replace("<unk>", "")
+        assert bpe.decode(bpe.encode(text)) == " ".join(text_data.tokenize(text))
+    decoded = bpe.decode(bpe.encode(held_out)).split(" ")
+    original = text_data.tokenize(held_out)
+    assert len(decoded) == len(original)
+    known = [d == o for d, o in zip(decoded, original) if UNK not in bpe.encode_word(o)]
+    assert all(known) and len(known) > 0.99 * len(original)
+    # <unk>: far rarer than with the word vocabulary of the same size.
+    bpe_rate = text_data.unknown_rate(bpe, [held_out], per="word")
+    word_rate = text_data.unknown_rate(words, [held_out], per="word")
+    assert bpe_rate < 0.01 < 0.2 < word_rate
+    assert text_data.unknown_rate(bpe, [held_out]) <= bpe_rate
+    # Saved and loaded, both kinds are the same vocabulary.
+    for vocab in (bpe, words):
+        text_data.save_vocab(vocab, tmp_path / "vocab.json")
+        again = text_data.load_vocab(tmp_path / "vocab.json")
+        assert again == vocab and again.encode(held_out[:5000]) == vocab.encode(held_out[:5000])
+
+
+def test_paired_ci_equals_a_hand_computation():
+    a = np.array([0.6, 0.4, 0.8, 0.5, 0.7])
+    b = np.array([0.5, 0.5, 0.6, 0.4, 0.4])
+    d = a - b  # 0.1, -0.1, 0.2, 0.1, 0.3: mean 0.12, sample sd sqrt(0.022)
+    result = language.paired_ci(a, b)
+    t4 = 2.7764451  # t_{0.975, 4}; the values below are SciPy's stats.t.ppf
+    np.testing.assert_allclose(result["difference"], 0.12, rtol=1e-12)
+    np.testing.assert_allclose(result["ci"], t4 * np.sqrt(0.022) / np.sqrt(5), rtol=1e-6)
+    np.testing.assert_allclose(result["low"], d.mean() - result["ci"], rtol=1e-12)
+    for df, t in ((1, 12.7062047), (2, 4.3026527), (10, 2.2281389), (599, 1.9639322)):
+        np.testing.assert_allclose(language.student_t_quantile(0.975, df), t, rtol=1e-6)
+
+
+def test_paired_intent_comparisons_pair_rows_of_the_same_data_and_shots():
+    rows = [
+        {"run": r, "method": "prototypes", "dataset": ds, "shots": 1, "per_episode": v}
+        for r, ds, v in (
+            ("base", "clinc150", [0.2, 0.4, 0.6]),
+            ("new", "clinc150", [0.4, 0.4, 0.9]),
+            ("other", "clinc150", [0.2, 0.6, 0.6]),
+            ("base", "banking77", [0.5, 0.5, 0.5]),
+            ("new", "banking77", [0.6, 0.4, 0.8]),
+        )
+    ]
+    out = language.paired_intent_comparisons(rows, "base@prototypes")
+    assert [(p["a"], p["b"], p["dataset"]) for p in out] == [
+        ("new@prototypes", "base@prototypes", "clinc150"),
+        ("other@prototypes", "base@prototypes", "clinc150"),
+        ("new@prototypes", "base@prototypes", "banking77"),
+    ]
+    np.testing.assert_allclose(out[0]["difference"], (0.2 + 0.0 + 0.3) / 3)
+    assert len(language.paired_intent_comparisons(rows)) == 3 + 1  # every pair
+    with pytest.raises(ValueError, match="baseline"):
+        language.paired_intent_comparisons(rows, "missing@prototypes")
+
+
+def test_run_vocab_is_saved_with_the_run_and_checked(tmp_path, monkeypatch):
+    built = subword.train_bpe([SMALL_TEXT], 70)
+    monkeypatch.setattr(language, "shared_vocab", lambda size, data_dir, tokenizer: built)
+    cfg = language.TextMLMTrain(workdir=str(tmp_path / "run"), tokenizer="bpe", vocab_size=70)
+    assert language._training_vocab(cfg) == built
+    saved = text_data.load_vocab(tmp_path / "run" / "vocab.json")
+    assert saved == built
+    # Evaluation and resume read the file, not a rebuild.
+    monkeypatch.setattr(language, "shared_vocab", lambda *a: pytest.fail("rebuilt"))
+    assert language.run_vocab(cfg, cfg.workdir) == built
+    # A run started --init-from this one gets its vocabulary and saves a copy.
+    child = language.TextMLMTrain(workdir=str(tmp_path / "child"), init_from=cfg.workdir)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    child = child.resolved()
+    assert child.tokenizer == "bpe" and language._training_vocab(child) == built
+    assert text_data.load_vocab(tmp_path / "child" / "vocab.json") == built
+    # A word config does not accept a BPE vocab.json.
+    with pytest.raises(ValueError, match="tokenizer=word"):
+        language.run_vocab(language.TextMLMTrain(vocab_size=70), cfg.workdir)
+
+
+def test_runs_older_than_the_tokenizer_option_are_word_runs(tmp_path):
+    old = {f: v for f, v in dataclasses.asdict(language.TextMLMTrain()).items() if f != "tokenizer"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    cfg = language.TextMLMTrain(workdir="elsewhere", init_from=str(tmp_path)).resolved()
+    assert cfg.tokenizer == "word"

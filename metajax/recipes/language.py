@@ -25,15 +25,29 @@ CLINC150's :data:`TRAIN_DOMAINS` are the only text any run trains on (and the on
 text the vocabulary is built from); :data:`HELD_OUT_SOURCES` (Chesterton and
 Whitman: two authors, four books), CLINC150's :data:`HELD_OUT_DOMAINS` and all of
 BANKING77 are for evaluation only.
+
+Vocabulary (``--tokenizer``): ``word`` (default; the ``--vocab-size`` most frequent
+words) or ``bpe`` (a byte-pair-encoding subword vocabulary of ``--vocab-size``
+pieces, :mod:`metajax.data.subword`). Either is built from the training text only
+and saved in the run's ``vocab.json``, which resuming, ``--init-from`` and the
+evaluations read back, so they use exactly the run's vocabulary. Runs made before
+``vocab.json`` existed are word runs and rebuild their vocabulary as before.
+
+When several runs or methods are evaluated on the same tasks (the held-out MLM
+tasks of one vocabulary, or the intent episodes, whose utterances do not depend on
+the vocabulary), the evaluations also report paired differences with a 95% Student-t
+interval over the per-task differences (:func:`paired_ci`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
+import math
 import os
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +55,11 @@ import numpy as np
 import optax
 
 from metajax import algorithms
+from metajax.data import subword, text_tasks
 from metajax.data import text as text_data
-from metajax.data import text_tasks
 from metajax.losses import accuracy, masked_token_loss, softmax_cross_entropy, weighted_mean
 from metajax.models.transformer import TransformerEncoder, adapt_subset
-from metajax.runner import restore_run, run_training
+from metajax.runner import is_main_process, restore_run, run_training, with_legacy_defaults
 from metajax.train import (
     TrainState,
     init_train_state,
@@ -80,6 +94,8 @@ TRAIN_DOMAINS = (
 MLMAlgorithm = Literal["maml", "fomaml", "reptile", "pretrain"]
 SMLMTAlgorithm = Literal["maml", "fomaml", "protonet", "proto-maml"]
 AdaptSubset = Literal["heads", "last", "adapters", "all"]
+Tokenizer = Literal["word", "bpe"]
+VOCAB_FILE = "vocab.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +103,21 @@ class ModelConfig:
     """The encoder and its vocabulary (shared by every language run).
 
     Attributes:
-      vocab_size: word vocabulary size, built from the training text.
+      vocab_size: vocabulary size (words or subword pieces, with the 3 special
+        tokens), built from the training text.
       width: model width.
       depth: encoder blocks.
       heads: attention heads.
       mlp_dim: MLP hidden width.
-      seq_len: tokens per passage or sentence.
+      seq_len: tokens per passage or sentence (subword pieces with ``bpe``).
       adapter_rank: per-block adapter width (0: none).
+      tokenizer: ``word`` (the most frequent words; others are ``<unk>``) or ``bpe``
+        (byte-pair-encoding subword pieces, :mod:`metajax.data.subword`). Runs whose
+        config predates the option are word runs (``LEGACY_DEFAULTS``).
     """
+
+    # What a key missing from an older run's config.json stands for.
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {"tokenizer": "word"}
 
     vocab_size: int = 3000
     width: int = 128
@@ -103,6 +126,7 @@ class ModelConfig:
     mlp_dim: int = 256
     seq_len: int = 32
     adapter_rank: int = 0
+    tokenizer: Tokenizer = "word"
 
 
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
@@ -113,7 +137,7 @@ def _model_fields_from_init(cfg):
     if cfg.init_from is None:
         return cfg
     with open(os.path.join(cfg.init_from, "config.json")) as f:
-        init_cfg = json.load(f)
+        init_cfg = {**ModelConfig.LEGACY_DEFAULTS, **json.load(f)}
     return dataclasses.replace(cfg, **{k: init_cfg[k] for k in _MODEL_FIELDS})
 
 
@@ -151,10 +175,78 @@ def load_training_text(data_dir: str | None) -> tuple[dict[str, str], tuple[str,
 
 
 @functools.lru_cache(maxsize=4)
-def shared_vocab(vocab_size: int, data_dir: str | None = None) -> text_data.Vocab:
-    """The vocabulary of every language run: built from the training text only."""
+def shared_vocab(vocab_size: int, data_dir: str | None = None, tokenizer: Tokenizer = "word"):
+    """A vocabulary built from the training text only (deterministic).
+
+    Args:
+      vocab_size: entries, special tokens included.
+      data_dir: folder holding ``text/``.
+      tokenizer: ``word`` (:func:`metajax.data.text.build_vocab`) or ``bpe``
+        (:func:`metajax.data.subword.train_bpe`).
+    """
     texts, utterances = load_training_text(data_dir)
-    return text_data.build_vocab([*texts.values(), *utterances], vocab_size)
+    corpus = [*texts.values(), *utterances]
+    if tokenizer == "word":
+        return text_data.build_vocab(corpus, vocab_size)
+    if tokenizer == "bpe":
+        return subword.train_bpe(corpus, vocab_size)
+    raise ValueError(f"unknown tokenizer {tokenizer!r}; use word or bpe.")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_vocab(path: str, mtime: float):
+    del mtime  # part of the cache key only: a rewritten file is read again
+    return text_data.load_vocab(path)
+
+
+def run_vocab(cfg, workdir: str | None = None):
+    """The vocabulary of a run: ``workdir/vocab.json`` if saved, else rebuilt.
+
+    Args:
+      cfg: the run's config (``tokenizer``, ``vocab_size``, ``data_dir``).
+      workdir: the run directory (``None``: rebuild from the training text).
+
+    Raises:
+      ValueError: if the saved vocabulary is not of the config's kind and size.
+    """
+    if workdir is not None:
+        path = os.path.join(workdir, VOCAB_FILE)
+        if os.path.exists(path):
+            vocab = _read_vocab(os.path.abspath(path), os.path.getmtime(path))
+            kind = "bpe" if isinstance(vocab, subword.SubwordVocab) else "word"
+            if kind != cfg.tokenizer or len(vocab) > cfg.vocab_size:
+                raise ValueError(
+                    f"{path} holds a {kind} vocabulary of {len(vocab)} entries, but the run's "
+                    f"config says tokenizer={cfg.tokenizer}, vocab_size={cfg.vocab_size}."
+                )
+            return vocab
+    return shared_vocab(cfg.vocab_size, cfg.data_dir, cfg.tokenizer)
+
+
+def _training_vocab(cfg):
+    """A training run's vocabulary, saved to its ``vocab.json`` on first use.
+
+    Resuming reads the run's own file; a run started ``--init-from`` another reads
+    that run's; otherwise it is built from the training text. Nothing is written
+    into a workdir that holds a run of another tokenizer or size (training then
+    refuses to resume it).
+    """
+    saved = [
+        d for d in (cfg.workdir, cfg.init_from) if d and os.path.exists(os.path.join(d, VOCAB_FILE))
+    ]
+    vocab = run_vocab(cfg, saved[0] if saved else None)
+    path = os.path.join(cfg.workdir, VOCAB_FILE)
+    config_path = os.path.join(cfg.workdir, "config.json")
+    if is_main_process() and not os.path.exists(path):
+        same_run = True
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                old = {**ModelConfig.LEGACY_DEFAULTS, **json.load(f)}
+            same_run = (old["tokenizer"], old["vocab_size"]) == (cfg.tokenizer, cfg.vocab_size)
+        if same_run:
+            os.makedirs(cfg.workdir, exist_ok=True)
+            text_data.save_vocab(vocab, path)
+    return vocab
 
 
 def mlm_loss(model: TransformerEncoder):
@@ -185,6 +277,60 @@ def feature_embedding(model: TransformerEncoder):
 def _mean_ci(values) -> tuple[float, float]:
     values = np.asarray(values, np.float64)
     return float(values.mean()), float(1.96 * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (``p >= 0.5``) of Student's t with ``df`` degrees of freedom.
+
+    Bisection on the CDF, whose integral of the density is done by Simpson's rule on
+    4,000 intervals: accurate to about 1e-6 for ``df >= 1`` (no SciPy needed).
+    """
+    if not 0.5 <= p < 1 or df < 1:
+        raise ValueError(f"need 0.5 <= p < 1 and df >= 1; got p={p}, df={df}.")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x):
+        t = np.linspace(0.0, x, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        return 0.5 + (x / 4000 / 3) * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_ci(a, b, confidence: float = 0.95) -> dict:
+    """Mean paired difference ``a - b`` with a Student-t confidence interval.
+
+    For per-task values of two methods on the same tasks, ``d_i = a_i - b_i``; the
+    interval is ``mean(d) ± t_{(1+confidence)/2, n-1} * std(d, ddof=1) / sqrt(n)``.
+
+    Args:
+      a: ``[n]`` per-task values of the first method.
+      b: ``[n]`` per-task values of the second, on the same tasks in the same order.
+      confidence: coverage of the interval.
+
+    Returns:
+      ``{"difference", "ci", "low", "high", "tasks", "t"}``: ``ci`` is the half-width
+      and ``t`` the quantile used.
+    """
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.ndim != 1 or d.shape[0] < 2:
+        raise ValueError(f"need two equal-length 1-D arrays of >= 2 values; got shape {d.shape}.")
+    t = student_t_quantile((1 + confidence) / 2, d.shape[0] - 1)
+    mean, half = float(d.mean()), float(t * d.std(ddof=1) / math.sqrt(d.shape[0]))
+    return {
+        "difference": mean,
+        "ci": half,
+        "low": mean - half,
+        "high": mean + half,
+        "tasks": int(d.shape[0]),
+        "t": t,
+    }
 
 
 def _batched(fn, keys: jax.Array, batch: int) -> dict[str, np.ndarray]:
@@ -272,8 +418,7 @@ def build_mlm_learner(cfg: TextMLMTrain, inner_lr: float | None = None):
     return model, learner
 
 
-def mlm_data(cfg, sources: tuple[str, ...]) -> text_tasks.TokenStreams:
-    vocab = shared_vocab(cfg.vocab_size, cfg.data_dir)
+def mlm_data(cfg, sources: tuple[str, ...], vocab) -> text_tasks.TokenStreams:
     if sources == TRAIN_SOURCES:
         texts = load_training_text(cfg.data_dir)[0]
     else:
@@ -305,10 +450,11 @@ def initial_mlm_state(cfg: TextMLMTrain, *, load_init: bool = True):
 
 def train_mlm(cfg: TextMLMTrain) -> TrainState:
     """Meta-trains (or resumes) one text-mlm run; returns the final state."""
-    cfg = cfg.resolved()
+    cfg = with_legacy_defaults(cfg, cfg.workdir).resolved()
+    vocab = _training_vocab(cfg)
     _, learner = build_mlm_learner(cfg)
     state, outer = initial_mlm_state(cfg)
-    streams = mlm_data(cfg, TRAIN_SOURCES)
+    streams = mlm_data(cfg, TRAIN_SOURCES, vocab)
     source_ids = jnp.arange(len(TRAIN_SOURCES))
     sampler = mlm_sampler(cfg, support=cfg.support, query=cfg.query)
     step = repeat_step(
@@ -319,7 +465,7 @@ def train_mlm(cfg: TextMLMTrain) -> TrainState:
 
     eval_fn = None
     if cfg.eval_every:
-        held_out = mlm_data(cfg, HELD_OUT_SOURCES)
+        held_out = mlm_data(cfg, HELD_OUT_SOURCES, vocab)
         held_ids = jnp.arange(len(HELD_OUT_SOURCES))
         keys = jax.random.split(jax.random.key(cfg.seed + 1_000_003), 16)
         val_tasks = jax.vmap(lambda k: sampler(k, held_out, held_ids))(keys)
@@ -348,6 +494,7 @@ def train_mlm(cfg: TextMLMTrain) -> TrainState:
         config=dataclasses.asdict(cfg),
         progress=cfg.progress,
         description=f"text-mlm/{cfg.algorithm}",
+        legacy_defaults=ModelConfig.LEGACY_DEFAULTS,
     )
 
 
@@ -387,15 +534,24 @@ class TextMLMEval:
 
 
 def evaluate_mlm(cfg: TextMLMEval) -> dict:
-    """Evaluates each run on the same held-out tasks; writes JSON and a markdown table."""
+    """Evaluates each run on the same held-out tasks; writes JSON and a markdown table.
+
+    Runs that share a vocabulary, ``seq_len`` and ``mask_rate`` see the very same
+    tasks, so each pair of them also gets the paired difference of query loss and
+    accuracy per task with a 95% t interval (``results["paired"]``); runs with
+    different vocabularies are not compared (their tokens, and so their losses,
+    differ).
+    """
     steps = (0, *cfg.steps)
-    results = {"config": dataclasses.asdict(cfg), "runs": {}}
+    results = {"config": dataclasses.asdict(cfg), "runs": {}, "paired": []}
+    per_task, task_kind = {}, {}
     for workdir in cfg.workdirs:
         train_cfg, state = load_mlm_run(workdir)
         if cfg.data_dir is not None:
             train_cfg = dataclasses.replace(train_cfg, data_dir=cfg.data_dir)
         _, learner = build_mlm_learner(train_cfg, cfg.inner_lr)
-        held_out = mlm_data(train_cfg, HELD_OUT_SOURCES)
+        vocab = run_vocab(train_cfg, workdir)
+        held_out = mlm_data(train_cfg, HELD_OUT_SOURCES, vocab)
         sampler = mlm_sampler(train_cfg, support=cfg.support, query=cfg.query)
         eval_step = make_eval_step(learner, inner_steps=max(steps))
 
@@ -417,6 +573,8 @@ def evaluate_mlm(cfg: TextMLMEval) -> dict:
         )
         results["runs"][workdir] = {
             "algorithm": train_cfg.algorithm,
+            "tokenizer": train_cfg.tokenizer,
+            "vocab_size": len(vocab),
             "meta_steps": int(state.step),
             "inner_lr": train_cfg.inner_lr if cfg.inner_lr is None else cfg.inner_lr,
             "adapt": train_cfg.adapt,
@@ -424,7 +582,27 @@ def evaluate_mlm(cfg: TextMLMEval) -> dict:
                 name: {str(k): _mean_ci(values[:, k]) for k in steps}
                 for name, values in metrics.items()
             },
+            "per_task": {
+                name: {str(k): np.round(values[:, k], 6).tolist() for k in steps}
+                for name, values in metrics.items()
+            },
         }
+        per_task[workdir] = metrics
+        task_kind[workdir] = (vocab, train_cfg.seq_len, train_cfg.mask_rate)
+    for a, b in itertools.combinations(cfg.workdirs, 2):
+        if task_kind[a] != task_kind[b]:
+            continue
+        for name in ("loss", "accuracy"):
+            for k in steps:
+                results["paired"].append(
+                    {
+                        "a": a,
+                        "b": b,
+                        "metric": name,
+                        "inner_steps": k,
+                        **paired_ci(per_task[a][name][:, k], per_task[b][name][:, k]),
+                    }
+                )
     table = format_mlm_table(results, steps)
     out = cfg.out or cfg.workdirs[0]
     os.makedirs(out, exist_ok=True)
@@ -452,6 +630,22 @@ def format_mlm_table(results: dict, steps) -> str:
             + " | ".join(cells)
             + " |"
         )
+    if results.get("paired"):
+        lines += [
+            "",
+            "Paired differences a - b over the same tasks (mean, 95% Student-t interval of the "
+            "per-task differences):",
+            "",
+            "| a | b | metric | inner steps | a - b | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in results["paired"]:
+            scale, unit = (100, " pts") if p["metric"] == "accuracy" else (1, "")
+            lines.append(
+                f"| `{p['a']}` | `{p['b']}` | {p['metric']} | {p['inner_steps']} | "
+                f"{scale * p['difference']:+.3f}{unit} | "
+                f"[{scale * p['low']:+.3f}, {scale * p['high']:+.3f}] |"
+            )
     return "\n".join(lines)
 
 
@@ -568,8 +762,7 @@ def initial_smlmt_state(cfg: SMLMTTrain, *, load_init: bool = True):
     return init_train_state(learner, params, outer, task_key), outer
 
 
-def smlmt_pool(cfg) -> text_tasks.ClassPool:
-    vocab = shared_vocab(cfg.vocab_size, cfg.data_dir)
+def smlmt_pool(cfg, vocab) -> text_tasks.ClassPool:
     texts, utterances = load_training_text(cfg.data_dir)
     return text_tasks.build_smlmt_pool(
         vocab,
@@ -579,12 +772,10 @@ def smlmt_pool(cfg) -> text_tasks.ClassPool:
     )
 
 
-def clinc_pool(cfg, splits: tuple[str, ...]):
+def clinc_pool(cfg, vocab, splits: tuple[str, ...]):
     """CLINC150 pool of ``splits`` and the class ids of the training / held-out domains."""
     data = text_data.load_clinc150(splits, cfg.data_dir)
-    pool = text_tasks.build_class_pool(
-        shared_vocab(cfg.vocab_size, cfg.data_dir), data, seq_len=cfg.seq_len
-    )
+    pool = text_tasks.build_class_pool(vocab, data, seq_len=cfg.seq_len)
     train_ids = [i for i, d in enumerate(data.domains) if d in TRAIN_DOMAINS]
     test_ids = [i for i, d in enumerate(data.domains) if d in HELD_OUT_DOMAINS]
     return pool, train_ids, test_ids
@@ -592,13 +783,14 @@ def clinc_pool(cfg, splits: tuple[str, ...]):
 
 def train_smlmt(cfg: SMLMTTrain) -> TrainState:
     """Meta-trains (or resumes) one SMLMT run; returns the final state."""
-    cfg = cfg.resolved()
+    cfg = with_legacy_defaults(cfg, cfg.workdir).resolved()
+    vocab = _training_vocab(cfg)
     _, learner = build_smlmt_learner(cfg)
     state, outer = initial_smlmt_state(cfg)
-    pool = smlmt_pool(cfg)
+    pool = smlmt_pool(cfg, vocab)
     words = jnp.arange(pool.counts.shape[0])
     per_class = cfg.shots + cfg.queries
-    clinc, train_ids, _ = clinc_pool(cfg, ("train",))
+    clinc, train_ids, _ = clinc_pool(cfg, vocab, ("train",))
     clinc_ids = text_tasks.classes_with_at_least(clinc, per_class, train_ids)
     episode = functools.partial(
         text_tasks.sample_episode, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries
@@ -622,7 +814,7 @@ def train_smlmt(cfg: SMLMTTrain) -> TrainState:
 
     eval_fn = None
     if cfg.eval_every:
-        val, val_train_ids, _ = clinc_pool(cfg, ("val",))
+        val, val_train_ids, _ = clinc_pool(cfg, vocab, ("val",))
         val_ids = text_tasks.classes_with_at_least(val, per_class, val_train_ids)
         keys = jax.random.split(jax.random.key(cfg.seed + 1_000_003), 32)
         val_tasks = jax.vmap(lambda k: episode(k, val, val_ids))(keys)
@@ -648,14 +840,16 @@ def train_smlmt(cfg: SMLMTTrain) -> TrainState:
         config=dataclasses.asdict(cfg),
         progress=cfg.progress,
         description=f"smlmt/{cfg.algorithm}",
+        legacy_defaults=ModelConfig.LEGACY_DEFAULTS,
     )
 
 
-def load_encoder(workdir: str, ways: int) -> tuple[ModelConfig, dict, str]:
-    """``(model config, params with a ways-class cls_head, kind)`` of a text-mlm or smlmt run.
+def load_encoder(workdir: str, ways: int, data_dir: str | None = None):
+    """``(model config, params with a ways-class cls_head, kind, vocab)`` of a run.
 
-    A text-mlm run's ``cls_head`` was never trained (zero init), and a run with a
-    different number of ways gets a fresh zero head.
+    Works for text-mlm and smlmt runs. A text-mlm run's ``cls_head`` was never
+    trained (zero init), and a run with a different number of ways gets a fresh
+    zero head. ``vocab`` is the run's (:func:`run_vocab`).
     """
     with open(os.path.join(workdir, "config.json")) as f:
         raw = json.load(f)
@@ -676,7 +870,8 @@ def load_encoder(workdir: str, ways: int) -> tuple[ModelConfig, dict, str]:
     if trained_ways != ways or "ways" not in raw:
         fresh = init_params(mc, jax.random.key(0), ways)
         params = {"params": {**params["params"], "cls_head": fresh["params"]["cls_head"]}}
-    return mc, params, kind
+    vocab = run_vocab(dataclasses.replace(cfg, data_dir=data_dir), workdir)
+    return mc, params, kind, vocab
 
 
 # Evaluation method -> the learner that adapts to each episode.
@@ -708,7 +903,11 @@ class IntentEval:
       max_tokens: utterances are truncated to this many tokens (CLINC150: 99% fit in 18,
         BANKING77: 94% in 24).
       batch: episodes per compiled call.
-      seed: seed of the episodes (the same episodes for every run and method).
+      seed: seed of the episodes (the same episodes for every run and method, and the
+        same utterances whatever the runs' vocabularies).
+      baseline: a ``DIR@METHOD`` (as in ``workdirs``, or ``scratch@METHOD``) that every
+        other (run, method) is compared with, per data set and K: the mean per-episode
+        accuracy difference with a paired 95% Student-t interval; ``None``: every pair.
       out: folder for ``intent_eval.{json,md}``.
       data_dir: folder holding ``text/``.
     """
@@ -727,12 +926,12 @@ class IntentEval:
     max_tokens: int = 24
     batch: int = 50
     seed: int = 777
+    baseline: str | None = None
     out: str = "runs/intents"
     data_dir: str | None = None
 
 
-def intent_pool(cfg, mc: ModelConfig, dataset: str):
-    vocab = shared_vocab(mc.vocab_size, cfg.data_dir)
+def intent_pool(cfg, mc: ModelConfig, dataset: str, vocab):
     if dataset == "clinc150":
         data = text_data.load_clinc150(("test",), cfg.data_dir)
         classes = [i for i, d in enumerate(data.domains) if d in HELD_OUT_DOMAINS]
@@ -763,13 +962,14 @@ def evaluate_intents(cfg: IntentEval) -> dict:
         workdir, _, only = spec.partition("@")
         if only and only not in INTENT_METHODS:
             raise ValueError(f"{spec}: the method after @ must be one of {INTENT_METHODS}.")
-        runs.append((workdir, *load_encoder(workdir, cfg.ways), (only,) if only else cfg.methods))
+        mc, params, kind, vocab = load_encoder(workdir, cfg.ways, cfg.data_dir)
+        runs.append((workdir, mc, params, kind, vocab, (only,) if only else cfg.methods))
     if cfg.scratch:
-        mc = runs[0][1]
+        mc, vocab = runs[0][1], runs[0][4]
         params = init_params(mc, jax.random.key(0), cfg.ways)
-        runs.append(("scratch", mc, params, "random init", cfg.methods))
-    results = {"config": dataclasses.asdict(cfg), "rows": []}
-    for name, mc, params, kind, methods in runs:
+        runs.append(("scratch", mc, params, "random init", vocab, cfg.methods))
+    results = {"config": dataclasses.asdict(cfg), "rows": [], "paired": []}
+    for name, mc, params, kind, vocab, methods in runs:
         for method in methods:
             if method not in INTENT_METHODS:
                 raise ValueError(f"unknown method {method!r}; use one of {INTENT_METHODS}.")
@@ -779,7 +979,7 @@ def evaluate_intents(cfg: IntentEval) -> dict:
             )
             eval_step = make_eval_step(learner, inner_steps=cfg.inner_steps)
             for dataset in cfg.datasets:
-                pool, class_ids = intent_pool(cfg, mc, dataset)
+                pool, class_ids = intent_pool(cfg, mc, dataset, vocab)
                 for shots in cfg.shots:
                     episode = functools.partial(
                         text_tasks.sample_episode, ways=cfg.ways, shots=shots, queries=cfg.queries
@@ -800,6 +1000,7 @@ def evaluate_intents(cfg: IntentEval) -> dict:
                     row = {
                         "run": name,
                         "kind": kind,
+                        "tokenizer": mc.tokenizer,
                         "method": method,
                         "dataset": dataset,
                         "shots": shots,
@@ -807,8 +1008,10 @@ def evaluate_intents(cfg: IntentEval) -> dict:
                         "ci95": ci,
                         "episodes": cfg.episodes,
                     }
-                    results["rows"].append(row)
                     print(row, flush=True)
+                    row["per_episode"] = np.round(acc, 6).tolist()
+                    results["rows"].append(row)
+    results["paired"] = paired_intent_comparisons(results["rows"], cfg.baseline)
     table = format_intent_table(results)
     os.makedirs(cfg.out, exist_ok=True)
     with open(os.path.join(cfg.out, "intent_eval.json"), "w") as f:
@@ -817,6 +1020,48 @@ def evaluate_intents(cfg: IntentEval) -> dict:
         f.write(table + "\n")
     print(table)
     return results
+
+
+def paired_intent_comparisons(rows: list[dict], baseline: str | None = None) -> list[dict]:
+    """Paired per-episode accuracy differences between the rows of each (data set, K).
+
+    Every row of one (data set, K) was evaluated on the same episodes (same seed),
+    so the difference of two rows is taken episode by episode (:func:`paired_ci`).
+
+    Args:
+      rows: the ``rows`` of :func:`evaluate_intents` (with ``per_episode``).
+      baseline: ``"RUN@METHOD"``: compare every other row of the same data set and K
+        with that row (``a`` = the row, ``b`` = the baseline); ``None``: every pair,
+        in row order.
+
+    Returns:
+      One dict per comparison: ``a``, ``b``, ``dataset``, ``shots`` and the fields of
+      :func:`paired_ci` (as accuracy fractions).
+    """
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["shots"]), []).append(row)
+    label = lambda r: f"{r['run']}@{r['method']}"
+    if baseline is not None and not any(label(r) == baseline for r in rows):
+        raise ValueError(f"baseline {baseline!r} is none of {sorted({label(r) for r in rows})}.")
+    out = []
+    for (dataset, shots), group in groups.items():
+        if baseline is None:
+            pairs = list(itertools.combinations(group, 2))
+        else:
+            base = [r for r in group if label(r) == baseline]
+            pairs = [(r, b) for b in base for r in group if r is not b]
+        for a, b in pairs:
+            out.append(
+                {
+                    "a": label(a),
+                    "b": label(b),
+                    "dataset": dataset,
+                    "shots": shots,
+                    **paired_ci(a["per_episode"], b["per_episode"]),
+                }
+            )
+    return out
 
 
 def format_intent_table(results: dict) -> str:
@@ -830,6 +1075,20 @@ def format_intent_table(results: dict) -> str:
             f"| `{r['run']}` | {r['kind']} | {r['method']} | {r['dataset']} | {r['shots']} | "
             f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f}% |"
         )
+    if results.get("paired"):
+        lines += [
+            "",
+            "Paired accuracy differences a - b over the same episodes (mean of the per-episode "
+            "differences, 95% Student-t interval):",
+            "",
+            f"| a | b | data | {cfg['ways']}-way K | a - b (points) | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in results["paired"]:
+            lines.append(
+                f"| `{p['a']}` | `{p['b']}` | {p['dataset']} | {p['shots']} | "
+                f"{100 * p['difference']:+.2f} | [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] |"
+            )
     return "\n".join(lines)
 
 
@@ -845,6 +1104,10 @@ __all__ = [
     "TextMLMTrain",
     "evaluate_intents",
     "evaluate_mlm",
+    "paired_ci",
+    "paired_intent_comparisons",
+    "run_vocab",
+    "student_t_quantile",
     "train_mlm",
     "train_smlmt",
 ]
