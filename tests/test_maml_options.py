@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 import metajax as mj
 
-from conftest import init_tanh, regression_task, tanh_apply
+from conftest import init_tanh, regression_task, tanh_apply, task_batch
 
 LOSS = mj.make_loss(tanh_apply, mj.squared_error)
 
@@ -98,6 +98,24 @@ def test_per_step_parameters_are_row_k_after_k_inner_steps():
     # More steps than trained (evaluation) reuse the last row.
     view = mj.inner.select_step(meta, mj.inner.adapt_mask(meta, "c"), 7)
     np.testing.assert_array_equal(view["body"]["c"], meta["body"]["c"][steps])
+
+
+def test_train_step_with_per_step_parameters_reports_pre_adaptation_metrics_at_row_0():
+    # Regression: the pre-adaptation metrics evaluated the carried per-step tree (a
+    # [steps + 1] axis the model cannot take), so every per-step train step failed.
+    tasks = task_batch(jax.random.key(0), n_tasks=2)
+    steps = 2
+    learner = mj.maml(LOSS, 0.1, steps, per_step_params="c")
+    outer = optax.sgd(0.0)
+    state = mj.init_train_state(learner, init_tanh(jax.random.key(1)), outer, jax.random.key(2))
+    meta = state.meta_params
+    meta["body"]["c"] = meta["body"]["c"] + jnp.arange(steps + 1.0)[:, None] * 0.3
+    state = state.replace(meta_params=meta)
+    _, metrics = jax.jit(mj.make_train_step(learner, outer))(state, tasks)
+    row0 = {**meta, "body": {**meta["body"], "c": meta["body"]["c"][0]}}
+    expected = jnp.mean(jax.vmap(lambda t: LOSS(row0, t.query)[0])(tasks))
+    np.testing.assert_allclose(metrics["query_loss_pre"], expected, rtol=1e-6)
+    assert learner.params(meta)["body"]["c"].shape == (4,)
 
 
 def test_per_layer_per_step_learning_rates():

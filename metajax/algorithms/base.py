@@ -29,7 +29,8 @@ class MetaLearner(NamedTuple):
         built-in algorithm accepts it; those without schedules ignore it.
       adapt: ``(meta_params, support, *, steps=None, observe=None) ->
         (adapted_params, InnerResult)``; ``steps`` defaults to the training value.
-      params: ``meta_params -> params``: the model parameters adaptation starts from.
+      params: ``meta_params -> params``: the model parameters adaptation starts from,
+        as the model sees them before any inner step (per-step parameters at row 0).
       loss_fn: the task loss ``(params, batch) -> (scalar, aux)``.
       inner_steps: number of inner steps used in training.
     """

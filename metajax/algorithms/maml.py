@@ -152,7 +152,15 @@ def _gradient_based(
             aux["support_loss"] = result.support_losses[0]
         return meta_loss, aux
 
-    return MetaLearner(init, loss, adapt_fn, params, loss_fn, inner_steps)
+    def start_view(meta_params):
+        # What the model sees before any inner step: with per-step parameters, their
+        # row 0 (the carried tree has the [steps + 1] axis that adapt_fn needs).
+        full = params(meta_params)
+        if per_step is False:
+            return full
+        return inner_lib.select_step(full, inner_lib.adapt_mask(full, per_step), 0)
+
+    return MetaLearner(init, loss, adapt_fn, start_view, loss_fn, inner_steps)
 
 
 def maml(
