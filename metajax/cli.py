@@ -12,6 +12,7 @@ Examples:
   metajax download omniglot --data-dir ~/data
   metajax train nav2d --steps 500 --workdir runs/nav2d/maml
   metajax eval nav2d --workdirs runs/nav2d/maml runs/nav2d/pretrain
+  metajax train pointrobot --env metamaze --workdir runs/metamaze/maml   # needs metajax[rl]
   metajax train text-mlm --algorithm maml --workdir runs/language/text-mlm/maml
   metajax eval text-mlm --workdirs runs/language/text-mlm/maml runs/language/text-mlm/pretrain
   metajax train smlmt --init-from runs/language/text-mlm/pretrain --workdir runs/language/smlmt/maml
@@ -36,6 +37,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidTrain", "train"),
         "omniglot": ("metajax.recipes.omniglot", "OmniglotTrain", "train"),
         "nav2d": ("metajax.recipes.nav2d", "Nav2DTrain", "train"),
+        "pointrobot": ("metajax.recipes.nav2d", "PointRobotTrain", "train"),
         "bandit": ("metajax.recipes.bandit", "BanditTrain", "train"),
         "text-mlm": ("metajax.recipes.language", "TextMLMTrain", "train_mlm"),
         "smlmt": ("metajax.recipes.language", "SMLMTTrain", "train_smlmt"),
@@ -44,6 +46,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "sinusoid": ("metajax.recipes.sinusoid", "SinusoidEval", "evaluate"),
         "omniglot": ("metajax.recipes.omniglot", "OmniglotEval", "evaluate"),
         "nav2d": ("metajax.recipes.nav2d", "Nav2DEval", "evaluate"),
+        "pointrobot": ("metajax.recipes.nav2d", "PointRobotEval", "evaluate"),
         "bandit": ("metajax.recipes.bandit", "BanditEval", "evaluate"),
         "text-mlm": ("metajax.recipes.language", "TextMLMEval", "evaluate_mlm"),
         "intents": ("metajax.recipes.language", "IntentEval", "evaluate_intents"),

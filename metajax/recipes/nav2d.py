@@ -1,6 +1,8 @@
-"""MAML-RL on the MAML paper's 2D navigation task (Finn et al. 2017, sec. 5.3).
+"""MAML-RL on goal-reaching tasks: the MAML paper's 2D navigation (Finn et al. 2017,
+sec. 5.3) and gymnax's PointRobot and MetaMaze.
 
-``train(Nav2DTrain(...))`` meta-trains a Gaussian MLP policy with
+``train(Nav2DTrain(...))`` meta-trains an MLP policy (Gaussian for continuous
+actions, softmax for discrete ones) with
 :func:`metajax.rl.maml_rl` (or, with ``algorithm="pretrain"``, trains one policy
 by policy gradient across tasks); each meta-step samples its tasks and episodes on
 the device inside the jitted step. ``evaluate(Nav2DEval(...))`` adapts the
@@ -8,6 +10,14 @@ meta-learned policy, the pretrained one and a random initialisation with the sam
 inner policy-gradient steps on held-out goals and reports the average return after
 0..k steps, with a plot of return vs. inner steps and a picture of trajectories
 before and after adaptation.
+
+``env`` picks the environment (:data:`ENVS`): ``nav2d`` (metajax's own),
+``pointrobot`` (gymnax's PointRobot with its dense reward ``-distance``, the episode
+ending at the goal), ``pointrobot-sparse`` (gymnax's default sparse reward, 1 at the
+goal, same episodes) and ``metamaze`` (gymnax's MetaMaze, the position observed);
+see :mod:`metajax.envs.gymnax_adapter` for how gymnax's RL^2 environments become
+MAML tasks. ``PointRobotTrain``/``PointRobotEval`` are the same recipe with
+PointRobot defaults (``metajax train pointrobot``).
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
@@ -35,6 +46,83 @@ from metajax.train import (
 
 PAPER_MAML_RETURNS = (-40.41, -11.68, -3.33, -3.23)
 
+EnvName = Literal["nav2d", "pointrobot", "pointrobot-sparse", "metamaze"]
+
+
+class EnvSpec(NamedTuple):
+    """How the recipe builds, samples and draws one environment.
+
+    Attributes:
+      make: ``() -> (env, sample_params)``; ``sample_params`` is the task
+        distribution ``key -> env params``.
+      positions: ``observations [..., obs] -> [..., 2]`` plotted ``(x, y)``.
+      goal_xy: ``env params -> [2]`` the goal in the same coordinates.
+      limits: ``((x_min, x_max), (y_min, y_max))`` of the trajectory plots.
+      paper_returns: the MAML paper's returns after 0..3 steps, if it has them.
+      title: figure title.
+    """
+
+    make: Callable[[], tuple[Any, Callable]]
+    positions: Callable
+    goal_xy: Callable
+    limits: tuple
+    paper_returns: tuple[float, ...] | None
+    title: str
+
+
+def _nav2d():
+    return Nav2D(), sample_nav2d_params
+
+
+def _gymnax(name, **kwargs):
+    def make():
+        from metajax.envs.gymnax_adapter import make_gymnax_env
+
+        env = make_gymnax_env(name, **kwargs)
+        return env, env.sample_params
+
+    return make
+
+
+def _maze_positions(obs):  # (row, col) / 10 appended by observe_position -> (col, -row)
+    return np.stack([obs[..., -1], -obs[..., -2]], -1) * 10
+
+
+ENVS: dict[str, EnvSpec] = {
+    "nav2d": EnvSpec(
+        _nav2d,
+        lambda o: o[..., :2],
+        lambda p: p.goal,
+        ((-0.7, 0.7),) * 2,
+        PAPER_MAML_RETURNS,
+        "2D navigation",
+    ),
+    "pointrobot": EnvSpec(
+        _gymnax("PointRobot-misc", dense_reward=True),
+        lambda o: o[..., :2],
+        lambda p: p.goal,
+        ((-1.3, 1.3), (-0.3, 1.3)),
+        None,
+        "gymnax PointRobot (dense reward)",
+    ),
+    "pointrobot-sparse": EnvSpec(
+        _gymnax("PointRobot-misc"),
+        lambda o: o[..., :2],
+        lambda p: p.goal,
+        ((-1.3, 1.3), (-0.3, 1.3)),
+        None,
+        "gymnax PointRobot (sparse reward)",
+    ),
+    "metamaze": EnvSpec(
+        _gymnax("MetaMaze-misc", normalize_time=True),
+        _maze_positions,
+        lambda p: np.array([p.goal[1], -p.goal[0]]),
+        ((0, 10), (-10, 0)),
+        None,
+        "gymnax MetaMaze",
+    ),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Nav2DTrain:
@@ -42,6 +130,7 @@ class Nav2DTrain:
 
     Attributes:
       workdir: run directory (checkpoints, metrics, config); rerun to resume.
+      env: the environment (:data:`ENVS`; gymnax ones need ``pip install metajax[rl]``).
       algorithm: ``maml`` or ``pretrain`` (one policy trained on all tasks).
       steps: meta-iterations.
       meta_batch: tasks per meta-step (paper: 20).
@@ -64,6 +153,7 @@ class Nav2DTrain:
     """
 
     workdir: str = "runs/nav2d/maml"
+    env: EnvName = "nav2d"
     algorithm: Literal["maml", "pretrain"] = "maml"
     steps: int = 500
     meta_batch: int = 20
@@ -111,15 +201,21 @@ class Nav2DEval:
     out: str | None = None
 
 
+def make_policy(env, hidden: tuple[int, ...]) -> rl.Policy:
+    """Softmax policy for discrete actions, else Gaussian scaled to the speed limit."""
+    if getattr(env, "num_actions", None):
+        return rl.categorical_mlp_policy(env.observation_size, env.num_actions, hidden)
+    if hasattr(env, "env_params"):  # gymnax PointRobot: actions clipped to max_force
+        scale = env.env_params.max_force
+    else:
+        scale = env.default_params().max_speed
+    return rl.gaussian_mlp_policy(env.observation_size, env.action_size, hidden, action_scale=scale)
+
+
 def build(cfg: Nav2DTrain, inner_lr: float | None = None):
     """Returns ``(env, policy, learner)`` for a config."""
-    env = Nav2D()
-    policy = rl.gaussian_mlp_policy(
-        env.observation_size,
-        env.action_size,
-        cfg.hidden,
-        action_scale=env.default_params().max_speed,
-    )
+    env, _ = ENVS[cfg.env].make()
+    policy = make_policy(env, cfg.hidden)
     kwargs = dict(
         inner_lr=cfg.inner_lr if inner_lr is None else inner_lr,
         inner_steps=cfg.inner_steps,
@@ -152,7 +248,7 @@ def train(cfg: Nav2DTrain) -> TrainState:
     step = make_train_step(
         learner,
         outer,
-        sample_tasks=rl.rl_task_sampler(sample_nav2d_params),
+        sample_tasks=rl.rl_task_sampler(ENVS[cfg.env].make()[1]),
         meta_batch=cfg.meta_batch,
         pre_adaptation_metrics=False,
     )
@@ -169,7 +265,7 @@ def train(cfg: Nav2DTrain) -> TrainState:
         config=dataclasses.asdict(cfg),
         progress=cfg.progress,
         plot=False,
-        description=f"nav2d/{cfg.algorithm}",
+        description=f"{cfg.env}/{cfg.algorithm}",
     )
 
 
@@ -189,10 +285,10 @@ def load_run(workdir: str) -> tuple[Nav2DTrain, TrainState]:
     return (dataclasses.replace(cfg, max_grad_norm=0.0) if legacy else cfg), state
 
 
-def held_out_tasks(seed: int, num_tasks: int) -> rl.RLTask:
+def held_out_tasks(seed: int, num_tasks: int, env: str = "nav2d") -> rl.RLTask:
     """The evaluation goals and episode keys (the same for every evaluated policy)."""
     keys = jax.random.split(jax.random.key(seed), num_tasks)
-    return jax.vmap(rl.rl_task_sampler(sample_nav2d_params))(keys)
+    return jax.vmap(rl.rl_task_sampler(ENVS[env].make()[1]))(keys)
 
 
 def adaptation_returns(
@@ -219,48 +315,53 @@ def evaluate(cfg: Nav2DEval) -> dict:
     """Evaluates the runs (and a random initialisation); writes a table and figures."""
     out_dir = cfg.out or cfg.workdirs[0]
     os.makedirs(out_dir, exist_ok=True)
-    tasks = held_out_tasks(cfg.seed, cfg.num_tasks)
-    results = {"config": dataclasses.asdict(cfg), "runs": {}}
+    runs = {workdir: load_run(workdir) for workdir in cfg.workdirs}
+    first_cfg = runs[cfg.workdirs[0]][0]
+    env = first_cfg.env
+    if any(train_cfg.env != env for train_cfg, _ in runs.values()):
+        raise ValueError(f"every run must be on the same environment: {cfg.workdirs}.")
+    if cfg.random_init:
+        runs["random init"] = (first_cfg, initial_state(first_cfg)[0])
+    tasks = held_out_tasks(cfg.seed, cfg.num_tasks, env)
+    results = {
+        "config": dataclasses.asdict(cfg),
+        "env": env,
+        "episodes": {"num_trajectories": first_cfg.num_trajectories, "horizon": first_cfg.horizon},
+        "runs": {},
+    }
     policies = {}
-    for workdir in cfg.workdirs:
-        train_cfg, state = load_run(workdir)
+    for name, (train_cfg, state) in runs.items():
         _, policy, learner = build(train_cfg, cfg.inner_lr)
-        policies[f"{train_cfg.algorithm} ({workdir})"] = (learner, policy, state.meta_params)
-        results["runs"][workdir] = {
-            "algorithm": train_cfg.algorithm,
-            "meta_steps": int(state.step),
-            "meta_gradient": train_cfg.meta_gradient if train_cfg.algorithm == "maml" else "-",
+        untrained = name == "random init"
+        algorithm = "random init" if untrained else train_cfg.algorithm
+        policies[name if untrained else f"{algorithm} ({name})"] = (
+            learner,
+            policy,
+            state.meta_params,
+        )
+        results["runs"][name] = {
+            "algorithm": algorithm,
+            "meta_steps": 0 if untrained else int(state.step),
+            "meta_gradient": train_cfg.meta_gradient if algorithm == "maml" else "-",
             "returns": _summary(
                 adaptation_returns(learner, state.meta_params, tasks, cfg.steps, cfg.later_lr_scale)
             ),
         }
-    if cfg.random_init:
-        train_cfg, _ = load_run(cfg.workdirs[0])
-        _, policy, learner = build(train_cfg, cfg.inner_lr)
-        params = initial_state(train_cfg)[0].meta_params
-        policies["random init"] = (learner, policy, params)
-        results["runs"]["random init"] = {
-            "algorithm": "random init",
-            "meta_steps": 0,
-            "meta_gradient": "-",
-            "returns": _summary(
-                adaptation_returns(learner, params, tasks, cfg.steps, cfg.later_lr_scale)
-            ),
-        }
-    with open(os.path.join(out_dir, "nav2d_eval.json"), "w") as f:
+    with open(os.path.join(out_dir, f"{env}_eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     table = format_table(results, cfg)
-    with open(os.path.join(out_dir, "nav2d_eval.md"), "w") as f:
+    with open(os.path.join(out_dir, f"{env}_eval.md"), "w") as f:
         f.write(table + "\n")
     print(table)
-    plot_returns(results, os.path.join(out_dir, "nav2d_returns.png"))
-    plot_training(cfg.workdirs, os.path.join(out_dir, "nav2d_training.png"))
+    plot_returns(results, os.path.join(out_dir, f"{env}_returns.png"))
+    plot_training(cfg.workdirs, os.path.join(out_dir, f"{env}_training.png"))
     plot_trajectories(
         policies,
         tasks,
         cfg.steps,
-        os.path.join(out_dir, "nav2d_trajectories.png"),
+        os.path.join(out_dir, f"{env}_trajectories.png"),
         later_lr_scale=cfg.later_lr_scale,
+        spec=ENVS[env],
     )
     return results
 
@@ -281,12 +382,16 @@ def format_table(results: dict, cfg: Nav2DEval) -> str:
             + " | ".join(cells)
             + " |"
         )
-    paper = [f"{v:.2f}" for v in PAPER_MAML_RETURNS[: cfg.steps + 1]]
-    lines.append("| MAML, paper (Table 4) | TRPO | - | " + " | ".join(paper) + " |")
+    paper = ENVS[results.get("env", "nav2d")].paper_returns
+    if paper:
+        cells = [f"{v:.2f}" for v in paper[: cfg.steps + 1]]
+        lines.append("| MAML, paper (Table 4) | TRPO | - | " + " | ".join(cells) + " |")
+    episodes = results.get("episodes", {"num_trajectories": 20, "horizon": 100})
     lines.append(
-        f"\nMean undiscounted return of 20 episodes per task (horizon 100), mean ± 95% CI over "
-        f"{cfg.num_tasks} held-out goals (seed {cfg.seed}); each inner step is one REINFORCE "
-        "update with the linear baseline on 20 fresh episodes; steps after the first use "
+        f"\nMean undiscounted return of {episodes['num_trajectories']} episodes per task "
+        f"(horizon {episodes['horizon']}), mean ± 95% CI over {cfg.num_tasks} held-out goals "
+        f"(seed {cfg.seed}); each inner step is one REINFORCE update with the linear baseline "
+        f"on {episodes['num_trajectories']} fresh episodes; steps after the first use "
         f"{cfg.later_lr_scale} x the inner step size."
     )
     return "\n".join(lines)
@@ -304,10 +409,13 @@ def plot_returns(results: dict, path: str) -> None:
         means = [m for m, _ in run["returns"]]
         cis = [c for _, c in run["returns"]]
         ax.errorbar(range(len(means)), means, yerr=cis, marker="o", capsize=3, label=name)
-    ax.plot(range(len(PAPER_MAML_RETURNS)), PAPER_MAML_RETURNS, "k--", label="MAML, paper")
+    spec = ENVS[results.get("env", "nav2d")]
+    if spec.paper_returns:
+        paper = spec.paper_returns
+        ax.plot(range(len(paper)), paper, "k--", label="MAML, paper")
     ax.set_xlabel("inner policy-gradient steps")
     ax.set_ylabel("average return")
-    ax.set_title("2D navigation: return vs. adaptation steps")
+    ax.set_title(f"{spec.title}: return vs. adaptation steps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -347,6 +455,7 @@ def plot_trajectories(
     path: str,
     shown: int = 2,
     later_lr_scale: float = 1.0,
+    spec: EnvSpec = ENVS["nav2d"],
 ):
     """Trajectories of the first held-out goals before and after ``steps`` updates."""
     import matplotlib
@@ -371,7 +480,7 @@ def plot_trajectories(
                 traj = jax.tree.map(lambda x, k=k: np.asarray(x[k]), result.trajectories)
                 for i in range(min(5, traj.observations.shape[0])):
                     valid = traj.masks[i] > 0
-                    xy = traj.observations[i][valid]
+                    xy = spec.positions(traj.observations[i][valid])
                     ax.plot(
                         xy[:, 0],
                         xy[:, 1],
@@ -380,11 +489,11 @@ def plot_trajectories(
                         alpha=0.7,
                         label=f"after {k} steps" if i == 0 else None,
                     )
-            goal = np.asarray(task.env_params.goal)
+            goal = np.asarray(spec.goal_xy(task.env_params))
             ax.plot(*goal, "r*", ms=14, label="goal")
             ax.plot(0, 0, "ko", ms=4)
-            ax.set_xlim(-0.7, 0.7)
-            ax.set_ylim(-0.7, 0.7)
+            ax.set_xlim(*spec.limits[0])
+            ax.set_ylim(*spec.limits[1])
             ax.set_aspect("equal")
             ax.set_title(
                 f"{name}\nreturn {float(result.returns[0]):.1f} -> "
@@ -397,4 +506,30 @@ def plot_trajectories(
     plt.close(fig)
 
 
-__all__ = ["Nav2DEval", "Nav2DTrain", "evaluate", "load_run", "train"]
+@dataclasses.dataclass(frozen=True)
+class PointRobotTrain(Nav2DTrain):
+    """:class:`Nav2DTrain` on gymnax's PointRobot (dense reward; see :data:`ENVS`)."""
+
+    workdir: str = "runs/pointrobot/maml"
+    env: EnvName = "pointrobot"
+
+
+@dataclasses.dataclass(frozen=True)
+class PointRobotEval(Nav2DEval):
+    """:class:`Nav2DEval` with the PointRobot run directories as defaults."""
+
+    workdirs: tuple[str, ...] = ("runs/pointrobot/maml", "runs/pointrobot/pretrain")
+
+
+__all__ = [
+    "ENVS",
+    "EnvSpec",
+    "Nav2DEval",
+    "Nav2DTrain",
+    "PointRobotEval",
+    "PointRobotTrain",
+    "evaluate",
+    "load_run",
+    "make_policy",
+    "train",
+]
