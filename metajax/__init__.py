@@ -11,7 +11,7 @@ Example:
   >>> step = mj.make_train_step(maml, optax.adam(1e-3))
 """
 
-from metajax import inner, losses, parallel, runner
+from metajax import inner, losses, parallel, runner, running_stats
 from metajax.algorithms import (
     ALGORITHMS,
     MetaLearner,
@@ -39,6 +39,7 @@ from metajax.losses import (
     squared_error,
     weighted_mean,
 )
+from metajax.running_stats import RunningStats
 from metajax.runtime import enable_compilation_cache, tune_host_allocator
 from metajax.tasks import Batch, Task
 from metajax.train import (
@@ -61,6 +62,7 @@ __all__ = [
     "InnerResult",
     "InnerState",
     "MetaLearner",
+    "RunningStats",
     "Task",
     "TrainState",
     "accuracy",
@@ -74,6 +76,7 @@ __all__ = [
     "jit_train_step",
     "losses",
     "runner",
+    "running_stats",
     "make_eval_step",
     "make_inner_loop",
     "make_loss",

@@ -26,6 +26,7 @@ import optax
 from metajax.algorithms.base import MetaLearner
 from metajax.losses import weighted_mean
 from metajax.parallel import TASK_AXIS, shard_tasks
+from metajax.running_stats import RunningStats
 from metajax.tasks import Task
 
 TaskSampler = Callable[[jax.Array], Task]
@@ -211,6 +212,7 @@ def make_train_step(
     meta_batch: int | None = None,
     task_parallel: str | int = "auto",
     pre_adaptation_metrics: bool = True,
+    running_stats: RunningStats | None = None,
 ) -> Callable:
     """Returns a pure meta-training step.
 
@@ -227,6 +229,10 @@ def make_train_step(
         to the model (:func:`resolve_task_parallel`).
       pre_adaptation_metrics: also report the query loss (and metrics) at the
         un-adapted parameters (one extra forward pass per task).
+      running_stats: keep running statistics held in the meta-parameters (batch
+        norm's; :mod:`metajax.running_stats`): each task's statistics are computed at
+        the meta-parameters the step starts from, averaged with the task weights and
+        written after the outer update.
 
     Returns:
       ``step(state, tasks, task_weights=None) -> (state, metrics)`` (or
@@ -257,7 +263,8 @@ def make_train_step(
             )
             aux["query_loss_pre"] = pre_loss
             aux.update({f"query_{k}_pre": v for k, v in pre_aux.items()})
-        return loss, aux, grads
+        stats = None if running_stats is None else running_stats.statistics(meta_params, task)
+        return loss, aux, grads, stats
 
     def update(state: TrainState, tasks: Task, task_weights=None):
         leaves = jax.tree.leaves(tasks)
@@ -272,7 +279,7 @@ def make_train_step(
             )
         # Under a mesh with a "tasks" axis: pad with weightless tasks and shard (parallel.py).
         tasks, task_weights = shard_tasks(tasks, task_weights)
-        losses, aux, grads = map_tasks(
+        losses, aux, grads, stats = map_tasks(
             lambda task: per_task(state.meta_params, task, state.step), tasks, task_parallel
         )
         # Normalised task weights (0 everywhere if every task has weight 0).
@@ -283,6 +290,11 @@ def make_train_step(
         )
         updates, opt_state = outer_optimizer.update(meta_grad, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
+        if running_stats is not None:
+            mean_stats = jax.tree.map(
+                lambda x: jnp.tensordot(norm_weights.astype(x.dtype), x, axes=1), stats
+            )
+            meta_params = running_stats.update(meta_params, mean_stats)
         metrics = {"meta_loss": weighted_mean(losses, task_weights)}
         metrics.update({k: weighted_mean(v, task_weights) for k, v in aux.items()})
         metrics["grad_norm"] = optax.tree.norm(meta_grad)

@@ -36,7 +36,9 @@ TINY = dict(
 
 def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    omniglot.train(omniglot.OmniglotTrain(workdir=workdir, steps=30, **TINY))
+    # Running statistics are tracked (they do not change what is learned), for the
+    # non-transductive evaluation below.
+    omniglot.train(omniglot.OmniglotTrain(workdir=workdir, steps=30, running_stats=True, **TINY))
     records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     assert records[-1]["step"] == 30
     # Each record is one meta-batch of 8 tasks x 5 queries (noisy): average the
@@ -93,12 +95,28 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
     assert pop["batch_norm"] == "population" and len(pop["accuracy_after_step"]) == 3
     assert all(0.0 <= a <= 1.0 for a in pop["accuracy_after_step"])
     assert not np.allclose(pop["accuracy_after_step"], acc)
+    # ...and with the running statistics kept in training.
+    run = omniglot.evaluate(
+        omniglot.OmniglotEval(
+            workdir=workdir, episodes=40, batch=20, inner_steps=2, batch_norm="running"
+        )
+    )
+    assert run["batch_norm"] == "running" and len(run["accuracy_after_step"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in run["accuracy_after_step"])
+    assert not np.allclose(run["accuracy_after_step"], acc)
     with pytest.raises(ValueError, match="head's size 5"):
         omniglot.evaluate(omniglot.OmniglotEval(workdir=workdir, ways=(10,)))
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    tiny = {**TINY, "channels": 8, "meta_batch": 4, "checkpoint_every": 4, "log_every": 4}
+    tiny = {
+        **TINY,
+        "channels": 8,
+        "meta_batch": 4,
+        "checkpoint_every": 4,
+        "log_every": 4,
+        "running_stats": True,  # checkpointed state that is not a parameter
+    }
     straight = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "a"), steps=8, **tiny))
     omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=4, **tiny))
     # The resumed run compiles nothing: its step is the same program as the first
@@ -139,3 +157,5 @@ def test_protonet_trains_on_more_ways_than_it_is_tested_on(tmp_path):
     for ways, acc in by_ways.items():
         assert acc[0] == pytest.approx(1 / ways)  # no prototypes yet: uniform (chance)
         assert 1 / ways < acc[-1] <= 1.0  # an untrained conv4 embedding beats chance
+    with pytest.raises(ValueError, match="--running-stats"):
+        omniglot.evaluate(omniglot.OmniglotEval(workdir=workdir, batch_norm="running"))

@@ -209,8 +209,11 @@ def maml(
     * Cosine annealing of the outer learning rate is a property of the outer
       optimizer: :func:`cosine_outer_lr`.
 
-    MAML++'s per-step batch-norm *running statistics* (BNRS) are not implemented: batch
-    norm here normalises with each batch's statistics (transductive, as MAML).
+    MAML++'s per-step batch-norm running statistics (BNRS) are model state, not
+    meta-parameters: a model that holds them (``conv4.init(..., running_stats=True)``)
+    with ``per_step_params=conv4.batch_norm_mask`` gets one row per inner step, and
+    ``make_train_step(..., running_stats=metajax.running_stats.track(...))`` keeps
+    them (:mod:`metajax.running_stats`).
 
     Options that depend on the outer step read it from ``loss(meta_params, task,
     step)``, which :func:`metajax.make_train_step` passes; ``step=None`` (the

@@ -10,9 +10,18 @@ function, since ReLU is monotone, and a quarter of the elementwise work.) On
 Batch norm is *transductive*, as in MAML: it normalises with the statistics of the
 batch it is applied to (the support set during adaptation, the query set when
 evaluating), in training and at test time alike. ``example_mask`` excludes padded
-examples (weight 0) from those statistics, so padding changes nothing. Running
-statistics for non-transductive evaluation come from :func:`population_stats` and
-are passed with ``batch_stats=...``.
+examples (weight 0) from those statistics, so padding changes nothing. Two
+non-transductive alternatives:
+
+* Running statistics (``init(..., running_stats=True)``): each ``bn*`` layer also
+  holds ``mean`` and ``var`` leaves, an exponential moving average of the batch
+  statistics seen in meta-training (:mod:`metajax.running_stats` updates them in the
+  train step; gradients never reach them). ``apply(..., running=True)`` normalises
+  with them. With MAML++'s per-step batch norm (``maml(per_step_params=
+  batch_norm_mask)``) they get the per-step axis too: one set of statistics per inner
+  step (MAML++'s BNRS).
+* Population statistics of given parameters over many batches
+  (:func:`population_stats`, "precise BN"), passed with ``batch_stats=...``.
 
 Convolution formulations (``conv=``), numerically the same function:
 
@@ -68,6 +77,7 @@ def init(
     blocks: int = 4,
     image_size: int = 28,
     dtype=jnp.float32,
+    running_stats: bool = False,
 ) -> dict[str, Any]:
     """Initial parameters: Glorot-uniform kernels, zero biases, unit BN scales.
 
@@ -78,10 +88,14 @@ def init(
       in_channels: image channels.
       blocks: number of conv blocks.
       image_size: input height/width (to size the head).
+      running_stats: also hold batch-norm running statistics, ``bn*`` leaves ``mean``
+        (zeros) and ``var`` (ones), as PyTorch initialises them. They are state, not
+        parameters: ``apply`` stops their gradient.
 
     Returns:
       ``{"conv0": {"w": [3, 3, C_in, C], "b": [C]}, "bn0": {"scale", "bias"}, ...,
-      "head": {"w": [F, ways], "b": [ways]}}``.
+      "head": {"w": [F, ways], "b": [ways]}}`` (``bn*`` also ``mean``, ``var`` with
+      ``running_stats``).
     """
     params: dict[str, Any] = {}
     keys = jax.random.split(key, blocks + 1)
@@ -96,6 +110,9 @@ def init(
             "scale": jnp.ones((channels,), dtype),
             "bias": jnp.zeros((channels,), dtype),
         }
+        if running_stats:
+            params[f"bn{i}"]["mean"] = jnp.zeros((channels,), dtype)
+            params[f"bn{i}"]["var"] = jnp.ones((channels,), dtype)
         size, c_in = size // 2, channels
     features = size * size * channels
     params["head"] = {
@@ -106,9 +123,10 @@ def init(
 
 
 def batch_norm_mask(params: dict[str, Any]) -> dict[str, Any]:
-    """Mask of the batch-norm scales and biases (``bn*``): MAML++'s per-step parameters.
+    """Mask of the batch-norm leaves (``bn*``): MAML++'s per-step parameters.
 
-    For ``maml(..., per_step_params=batch_norm_mask)``.
+    For ``maml(..., per_step_params=batch_norm_mask)``: the scales and biases (BNWB)
+    and, where the model has them, the running statistics (BNRS) become per-step.
     """
 
     def mask(name, leaves):
@@ -116,6 +134,83 @@ def batch_norm_mask(params: dict[str, Any]) -> dict[str, Any]:
         return jax.tree.map(lambda _: is_bn, leaves)
 
     return {name: mask(name, leaves) for name, leaves in params.items()}
+
+
+STATS_KEYS = ("mean", "var")
+
+
+def running_stats_mask(params: dict[str, Any]) -> dict[str, Any]:
+    """Mask of the running-statistics leaves (``bn*/mean``, ``bn*/var``)."""
+    return {
+        name: {k: name.startswith("bn") and k in STATS_KEYS for k in leaves}
+        if isinstance(leaves, dict)
+        else jax.tree.map(lambda _: False, leaves)
+        for name, leaves in params.items()
+    }
+
+
+def has_running_stats(params: dict[str, Any]) -> bool:
+    """Whether ``params`` holds batch-norm running statistics (``init(running_stats=True)``)."""
+    return any(jax.tree.leaves(running_stats_mask(params)))
+
+
+def batch_statistics(
+    params: dict[str, Any],
+    images: ArrayLike,
+    *,
+    conv: ConvImpl = "auto",
+    example_mask: jax.Array | None = None,
+) -> dict[str, dict[str, jax.Array]]:
+    """The batch statistics each batch-norm layer normalises ``images`` with.
+
+    The forward pass of :func:`apply` with batch statistics (transductive), under
+    ``stop_gradient``: what a running average of the statistics is made of.
+
+    Returns:
+      ``{"bn0": {"mean": [C], "var": [C]}, ...}`` (biased variance, the one used to
+      normalise).
+    """
+    _, used = _forward(jax.lax.stop_gradient(params), images, conv, example_mask, None)
+    return {name: {"mean": mean, "var": var} for name, (mean, var) in used.items()}
+
+
+def update_running_stats(
+    params: dict[str, Any], batch_stats: dict[str, dict[str, jax.Array]], momentum: float
+) -> dict[str, Any]:
+    """``params`` with each running statistic moved towards ``batch_stats``.
+
+    ``running <- (1 - momentum) * running + momentum * batch`` (PyTorch's convention;
+    its default momentum is 0.1).
+
+    Args:
+      params: conv4 parameters holding running statistics; a per-step layout
+        (``[steps + 1, C]`` leaves) takes one row of statistics per inner step.
+      batch_stats: ``{"bn0": {"mean", "var"}, ...}`` with leaves ``[steps + 1, C]``:
+        row ``k`` is what the forward pass after ``k`` inner steps normalised with
+        (see :func:`metajax.running_stats.per_step_statistics`). Single-row
+        statistics (``[C]`` leaves) average the rows first.
+      momentum: weight of the new statistics, in ``(0, 1]``.
+    """
+    if not has_running_stats(params):
+        raise ValueError(
+            "params hold no batch-norm running statistics; create them with "
+            "conv4.init(..., running_stats=True)."
+        )
+    new = dict(params)
+    for name, stats in batch_stats.items():
+        layer = dict(params[name])
+        for key in STATS_KEYS:
+            running, batch = layer[key], jnp.asarray(stats[key], layer[key].dtype)
+            if batch.ndim == running.ndim + 1:  # several passes, one set of statistics
+                batch = jnp.mean(batch, axis=0)
+            if batch.shape != running.shape:
+                raise ValueError(
+                    f"{name}/{key}: batch statistics of shape {stats[key].shape} do not fit "
+                    f"running statistics of shape {running.shape}."
+                )
+            layer[key] = (1.0 - momentum) * running + momentum * batch
+        new[name] = layer
+    return new
 
 
 def resolve_conv(impl: ConvImpl) -> ConvImpl:
@@ -201,6 +296,7 @@ def apply(
     conv: ConvImpl = "auto",
     example_mask: jax.Array | None = None,
     batch_stats: dict[str, tuple[jax.Array, jax.Array]] | None = None,
+    running: bool = False,
     return_features: bool = False,
 ) -> jax.Array:
     """Logits of conv4 for a batch of images.
@@ -212,11 +308,27 @@ def apply(
       example_mask: ``[N]`` bools excluding padding from batch-norm statistics.
       batch_stats: ``{"bn0": (mean, var), ...}`` fixed statistics to use instead of
         the batch's (non-transductive evaluation; see :func:`population_stats`).
+      running: normalise with the running statistics held in ``params``
+        (``init(running_stats=True)``), under ``stop_gradient``; each example is then
+        classified on its own. Otherwise running statistics are ignored.
       return_features: return the ``[N, F]`` features before the head.
 
     Returns:
       ``[N, ways]`` logits (or features).
     """
+    if running:
+        if batch_stats is not None:
+            raise ValueError("pass either batch_stats or running=True, not both.")
+        if not has_running_stats(params):
+            raise ValueError(
+                "conv4.apply(running=True) needs params with running statistics "
+                "(conv4.init(..., running_stats=True)); these have none."
+            )
+        batch_stats = {
+            name: tuple(jax.lax.stop_gradient(layer[k]) for k in STATS_KEYS)
+            for name, layer in params.items()
+            if name.startswith("bn")
+        }
     features, _ = _forward(params, images, conv, example_mask, batch_stats)
     if return_features:
         return features

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metajax import algorithms, parallel
+from metajax import algorithms, parallel, running_stats
 from metajax.data import episodes
 from metajax.data import omniglot as omniglot_data
 from metajax.losses import accuracy, softmax_cross_entropy, weighted_mean
@@ -104,6 +104,13 @@ class OmniglotTrain:
         ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
         off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
         predates the option resume with it off (``LEGACY_DEFAULTS``).
+      running_stats: also keep batch-norm running statistics (an exponential moving
+        average of the batch statistics of every forward pass; per inner step with
+        ``per_step_bn``, MAML++'s BNRS; :mod:`metajax.running_stats`), for
+        ``metajax eval omniglot --batch-norm running``. Training still normalises with
+        each batch's statistics, so the learned model is the same. Gradient-based
+        algorithms only.
+      bn_momentum: weight of each meta-step's statistics in the running average.
     """
 
     # What a key missing from an older run's config.json stands for (the behaviour
@@ -139,6 +146,8 @@ class OmniglotTrain:
     imaml_cg_damping: float = 0.0
     imaml_lam_damping: float = 0.0
     per_step_bn: bool | None = None
+    running_stats: bool = False
+    bn_momentum: float = 0.1
 
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
@@ -181,10 +190,12 @@ class OmniglotEval:
         and padding has weight 0.
       shots: evaluate these numbers of shots (default: as trained).
       batch_norm: ``transductive`` (the paper's: each batch is normalised with its own
-        statistics) or ``population`` (non-transductive: fixed statistics of the
+        statistics), ``population`` (non-transductive: fixed statistics of the
         meta-parameters, :func:`~metajax.models.conv4.population_stats` over
         ``stats_batches`` training-split support sets, so every query is classified
-        on its own).
+        on its own) or ``running`` (non-transductive: the running statistics kept in
+        training, per inner step where the run has per-step batch norm; runs trained
+        with ``--running-stats``).
       stats_batches: support sets used for ``population`` statistics.
     """
 
@@ -197,16 +208,17 @@ class OmniglotEval:
     batch: int = 50
     ways: tuple[int, ...] | None = None
     shots: tuple[int, ...] | None = None
-    batch_norm: Literal["transductive", "population"] = "transductive"
+    batch_norm: Literal["transductive", "population", "running"] = "transductive"
     stats_batches: int = 500
 
 
-def classifier_loss(conv: conv4.ConvImpl, batch_stats=None):
+def classifier_loss(conv: conv4.ConvImpl, batch_stats=None, running: bool = False):
     """``loss_fn(params, batch)`` of conv4: weighted cross-entropy, accuracy in aux.
 
     Padded examples (weight 0) are excluded from the batch-norm statistics too.
     ``batch_stats`` (from :func:`~metajax.models.conv4.population_stats`) replaces
-    the batch statistics with fixed ones.
+    the batch statistics with fixed ones; ``running`` uses the running statistics
+    held in the parameters.
     """
 
     def loss_fn(params, batch):
@@ -216,6 +228,7 @@ def classifier_loss(conv: conv4.ConvImpl, batch_stats=None):
             conv=conv,
             example_mask=batch.weights > 0,
             batch_stats=batch_stats,
+            running=running,
         )
         loss = weighted_mean(softmax_cross_entropy(logits, batch.targets), batch.weights)
         return loss, {"accuracy": weighted_mean(accuracy(logits, batch.targets), batch.weights)}
@@ -239,8 +252,11 @@ def classifier_features(conv: conv4.ConvImpl, batch_stats=None):
     return embed_fn
 
 
-def build_learner(cfg: OmniglotTrain, batch_stats=None):
+def build_learner(cfg: OmniglotTrain, batch_stats=None, running: bool = False):
+    """The run's meta-learner; ``batch_stats``/``running`` select non-transductive BN."""
     cfg = cfg.resolved()
+    if cfg.running_stats and cfg.algorithm == "protonet":
+        raise ValueError("--running-stats is for the gradient-based algorithms, not protonet.")
     if cfg.algorithm == "protonet":
         return algorithms.protonet(classifier_features(cfg.conv, batch_stats), num_classes=cfg.ways)
     factory = algorithms.ALGORITHMS[cfg.algorithm]
@@ -259,7 +275,7 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None):
             )
         extra["per_step_params"] = conv4.batch_norm_mask
     return factory(
-        classifier_loss(cfg.conv, batch_stats),
+        classifier_loss(cfg.conv, batch_stats, running),
         inner_lr=cfg.inner_lr,
         inner_steps=cfg.inner_steps,
         **extra,
@@ -287,7 +303,9 @@ def initial_state(cfg: OmniglotTrain) -> tuple[TrainState, optax.GradientTransfo
     cfg = cfg.resolved()
     learner = build_learner(cfg)
     init_key, task_key = jax.random.split(jax.random.key(cfg.seed))
-    params = conv4.init(init_key, ways=cfg.ways, channels=cfg.channels)
+    params = conv4.init(
+        init_key, ways=cfg.ways, channels=cfg.channels, running_stats=cfg.running_stats
+    )
     if cfg.outer_optimizer == "sgd":  # Reptile's interpolation, eps annealed to 0
         outer = optax.sgd(optax.linear_schedule(cfg.outer_lr, 0.0, cfg.steps))
     else:  # MAML++ anneals the outer learning rate with a cosine to 1e-5 over the run.
@@ -366,11 +384,22 @@ def make_step(cfg: OmniglotTrain, learner, outer: optax.GradientTransformation):
     ``cfg.steps_per_call`` meta-steps per call.
     """
     cfg = cfg.resolved()
+    tracker = None
+    if cfg.running_stats:
+        tracker = running_stats.track(
+            learner,
+            lambda p, b: conv4.batch_statistics(
+                p, b.inputs, conv=cfg.conv, example_mask=b.weights > 0
+            ),
+            conv4.update_running_stats,
+            momentum=cfg.bn_momentum,
+        )
     step = make_train_step(
         learner,
         outer,
         sample_tasks=_episode_sampler(cfg.ways, cfg.shots, cfg.queries),
         meta_batch=cfg.meta_batch,
+        running_stats=tracker,
     )
     return repeat_step(step, cfg.steps_per_call) if cfg.steps_per_call > 1 else step
 
@@ -480,6 +509,11 @@ def evaluate(cfg: OmniglotEval) -> dict:
         )
 
     batch_stats = None
+    if cfg.batch_norm == "running" and not train_cfg.running_stats:
+        raise ValueError(
+            f"--batch-norm running needs a run trained with --running-stats; {cfg.workdir} "
+            "keeps no running statistics (try --batch-norm population)."
+        )
     if cfg.batch_norm == "population":
         if train_cfg.per_step_bn:
             raise ValueError(
@@ -496,8 +530,9 @@ def evaluate(cfg: OmniglotEval) -> dict:
             )
         )(keys)
         batch_stats = conv4.population_stats(state.meta_params, support, conv=train_cfg.conv)
+    running = cfg.batch_norm == "running"
     if has_head:
-        learner = build_learner(train_cfg, batch_stats)
+        learner = build_learner(train_cfg, batch_stats, running)
     else:  # prototypes for the largest evaluated number of ways
         learner = build_learner(dataclasses.replace(train_cfg, ways=max(ways_list)), batch_stats)
 
