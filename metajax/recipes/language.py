@@ -968,6 +968,10 @@ def evaluate_intents(cfg: IntentEval) -> dict:
         mc, vocab = runs[0][1], runs[0][4]
         params = init_params(mc, jax.random.key(0), cfg.ways)
         runs.append(("scratch", mc, params, "random init", vocab, cfg.methods))
+    labels = [f"{name}@{method}" for name, *_, methods in runs for method in methods]
+    if cfg.baseline is not None and cfg.baseline not in labels:
+        # Checked before the evaluation rather than after it.
+        raise ValueError(f"--baseline {cfg.baseline!r} is none of the evaluated {labels}.")
     results = {"config": dataclasses.asdict(cfg), "rows": [], "paired": []}
     for name, mc, params, kind, vocab, methods in runs:
         for method in methods:
