@@ -12,7 +12,8 @@ Examples:
   metajax download omniglot --data-dir ~/data
   metajax train nav2d --steps 500 --workdir runs/nav2d/maml
   metajax eval nav2d --workdirs runs/nav2d/maml runs/nav2d/pretrain
-  metajax train pointrobot --env metamaze --workdir runs/metamaze/maml   # needs metajax[rl]
+  metajax train pointrobot --workdir runs/pointrobot/maml   # gymnax envs: needs metajax[rl]
+  metajax train metamaze --algorithm pretrain --workdir runs/metamaze/pretrain
   metajax train text-mlm --algorithm maml --workdir runs/language/text-mlm/maml
   metajax eval text-mlm --workdirs runs/language/text-mlm/maml runs/language/text-mlm/pretrain
   metajax train smlmt --init-from runs/language/text-mlm/pretrain --workdir runs/language/smlmt/maml
@@ -38,6 +39,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "omniglot": ("metajax.recipes.omniglot", "OmniglotTrain", "train"),
         "nav2d": ("metajax.recipes.nav2d", "Nav2DTrain", "train"),
         "pointrobot": ("metajax.recipes.nav2d", "PointRobotTrain", "train"),
+        "metamaze": ("metajax.recipes.nav2d", "MetaMazeTrain", "train"),
         "bandit": ("metajax.recipes.bandit", "BanditTrain", "train"),
         "text-mlm": ("metajax.recipes.language", "TextMLMTrain", "train_mlm"),
         "smlmt": ("metajax.recipes.language", "SMLMTTrain", "train_smlmt"),
@@ -47,6 +49,7 @@ COMMANDS: dict[str, dict[str, tuple[str, str, str]]] = {
         "omniglot": ("metajax.recipes.omniglot", "OmniglotEval", "evaluate"),
         "nav2d": ("metajax.recipes.nav2d", "Nav2DEval", "evaluate"),
         "pointrobot": ("metajax.recipes.nav2d", "PointRobotEval", "evaluate"),
+        "metamaze": ("metajax.recipes.nav2d", "MetaMazeEval", "evaluate"),
         "bandit": ("metajax.recipes.bandit", "BanditEval", "evaluate"),
         "text-mlm": ("metajax.recipes.language", "TextMLMEval", "evaluate_mlm"),
         "intents": ("metajax.recipes.language", "IntentEval", "evaluate_intents"),

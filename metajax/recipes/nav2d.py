@@ -17,7 +17,8 @@ ending at the goal), ``pointrobot-sparse`` (gymnax's default sparse reward, 1 at
 goal, same episodes) and ``metamaze`` (gymnax's MetaMaze, the position observed);
 see :mod:`metajax.envs.gymnax_adapter` for how gymnax's RL^2 environments become
 MAML tasks. ``PointRobotTrain``/``PointRobotEval`` are the same recipe with
-PointRobot defaults (``metajax train pointrobot``).
+PointRobot defaults (``metajax train pointrobot``), ``MetaMazeTrain``/``MetaMazeEval``
+with MetaMaze ones (``metajax train metamaze``).
 """
 
 from __future__ import annotations
@@ -415,7 +416,8 @@ def plot_returns(results: dict, path: str) -> None:
         ax.plot(range(len(paper)), paper, "k--", label="MAML, paper")
     ax.set_xlabel("inner policy-gradient steps")
     ax.set_ylabel("average return")
-    ax.set_title(f"{spec.title}: return vs. adaptation steps")
+    ax.set_title(f"{spec.title}: return vs. adaptation steps", fontsize=9)
+    ax.set_xticks(range(len(means)))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -489,9 +491,9 @@ def plot_trajectories(
                         alpha=0.7,
                         label=f"after {k} steps" if i == 0 else None,
                     )
+                    ax.plot(*xy[0], "o", color=color, ms=3)  # the start (random on PointRobot)
             goal = np.asarray(spec.goal_xy(task.env_params))
             ax.plot(*goal, "r*", ms=14, label="goal")
-            ax.plot(0, 0, "ko", ms=4)
             ax.set_xlim(*spec.limits[0])
             ax.set_ylim(*spec.limits[1])
             ax.set_aspect("equal")
@@ -521,11 +523,28 @@ class PointRobotEval(Nav2DEval):
     workdirs: tuple[str, ...] = ("runs/pointrobot/maml", "runs/pointrobot/pretrain")
 
 
+@dataclasses.dataclass(frozen=True)
+class MetaMazeTrain(Nav2DTrain):
+    """:class:`Nav2DTrain` on gymnax's MetaMaze (softmax policy, position observed)."""
+
+    workdir: str = "runs/metamaze/maml"
+    env: EnvName = "metamaze"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaMazeEval(Nav2DEval):
+    """:class:`Nav2DEval` with the MetaMaze run directories as defaults."""
+
+    workdirs: tuple[str, ...] = ("runs/metamaze/maml", "runs/metamaze/pretrain")
+
+
 __all__ = [
     "ENVS",
     "EnvSpec",
     "Nav2DEval",
     "Nav2DTrain",
+    "MetaMazeEval",
+    "MetaMazeTrain",
     "PointRobotEval",
     "PointRobotTrain",
     "evaluate",
