@@ -36,7 +36,30 @@ def test_conv3x3_formulations_agree_layer_by_layer(c_in, size):
     w = jax.random.normal(jax.random.key(1), (3, 3, c_in, 8))
     b = jax.random.normal(jax.random.key(2), (8,))
     ref = conv4.conv3x3(x, w, b, "xla")
-    np.testing.assert_allclose(conv4.conv3x3(x, w, b, "im2col"), ref, rtol=1e-4, atol=1e-4)
+    for impl in ("im2col", "im2col_vjp"):
+        np.testing.assert_allclose(conv4.conv3x3(x, w, b, impl), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c_in,size", [(1, 12), (4, 3)])
+def test_im2col_vjp_gradients_of_first_and_second_order_match_xla(c_in, size):
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, size, size, c_in), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, c_in, 3), jnp.float64)
+        b = jnp.zeros(3, jnp.float64)
+
+        def loss(impl):
+            return lambda x, w: jnp.sum(jnp.sin(conv4.conv3x3(x, w, b, impl)))
+
+        def second(impl):  # what MAML's meta-gradient differentiates: an inner gradient
+            return jax.grad(lambda w: jnp.sum(jax.grad(loss(impl), 0)(x, w) ** 2))(w)
+
+        chex.assert_trees_all_close(
+            jax.grad(loss("im2col_vjp"), (0, 1))(x, w),
+            jax.grad(loss("xla"), (0, 1))(x, w),
+            rtol=1e-9,
+            atol=1e-9,
+        )
+        np.testing.assert_allclose(second("im2col_vjp"), second("xla"), rtol=1e-8, atol=1e-8)
 
 
 def _tiny_float64_tasks():

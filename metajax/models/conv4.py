@@ -40,6 +40,11 @@ Convolution formulations (``conv=``), numerically the same function:
 * ``"im2col"``: the 3x3 patches are gathered with nine static slices of the padded
   input and contracted with the ``[9 * C_in, C_out]`` kernel by one matmul.
   Under ``vmap`` per-task weights become a *batched matmul*.
+* ``"im2col_vjp"``: ``"im2col"`` with a hand-written VJP whose input gradient is the
+  convolution of the output gradient with the flipped, transposed kernel. The same
+  function, and the same gradients of every order up to rounding
+  (``tests/test_conv4.py``); not faster on this CPU (below), kept so that other
+  backends can be measured (``benchmarks/conv_formulations.py``).
 
 Where the time goes on the 2-core CPU (forward, 2400 images, layer by layer): layer 2
 writes a patch tensor 9x its input, and writing it costs more than its matmul
@@ -54,6 +59,17 @@ chunks, so a chunk's patches stay in cache) did not help either: 0.110-0.119 s p
 task for forward and backward against 0.099-0.112 s unchunked (W2's query pass,
 2026-11-29, two training runs sharing the CPU). Per task, the ``"xla"`` formulation
 is as fast as im2col outside a loop (0.13 s) but 20x slower inside ``lax.map``.
+``"im2col_vjp"``, a hand-written VJP for im2col computing the input gradient as the convolution of the
+output gradient with the flipped, transposed kernel (a forward-shaped matmul instead of
+a ``[N*H*W, 9*C]`` patch gradient scattered back through the nine slices), was 1.3x
+faster on layer 2's backward pass alone (75 images, 63 against 83 ms) and equal to
+rounding in float64 at first and second order, but not faster in the full step: W1 0.322 against 0.303 s, W2 1.848 against
+1.729 s per meta-step (``lax.map``, median of alternating rounds in one process,
+load average 1.7; ``benchmarks/results/conv_formulations.md``, 2026-12-02). XLA's
+YNNPACK dot fusion (``--xla_cpu_experimental_ynn_fusion_type=dot``) doubled the
+forward-shaped matmul alone (``[14700, 576] @ [576, 64]``: 329 against 173 GFLOP/s)
+but left the backward-shaped ones unchanged and made the W1 step 2.6x slower (1.59
+against 0.61 s). Neither is the default.
 """
 
 from __future__ import annotations
@@ -64,7 +80,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-ConvImpl = Literal["auto", "xla", "im2col"]
+ConvImpl = Literal["auto", "xla", "im2col", "im2col_vjp"]
 BN_EPS = 1e-5
 
 
@@ -235,17 +251,58 @@ def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "auto") -
             x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
     elif impl == "im2col":
-        n, h, wd, c = x.shape
-        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        # Patch order (dy, dx, c) matches w.reshape(9 * C_in, C_out) (HWIO).
-        patches = jnp.concatenate(
-            [padded[:, dy : dy + h, dx : dx + wd, :] for dy in range(3) for dx in range(3)], axis=-1
-        )
-        y = jnp.dot(patches.reshape(n * h * wd, 9 * c), w.reshape(9 * c, -1))
-        y = y.reshape(n, h, wd, -1)
+        y = _im2col_conv(x, w)
+    elif impl == "im2col_vjp":
+        y = _im2col_conv_vjp(x, w)
     else:
-        raise ValueError(f"conv impl must be 'auto', 'xla' or 'im2col', got {impl!r}.")
+        raise ValueError(
+            f"conv impl must be 'auto', 'xla', 'im2col' or 'im2col_vjp', got {impl!r}."
+        )
     return y + b
+
+
+def _patches(x: jax.Array) -> jax.Array:
+    """``[N, H, W, C] -> [N * H * W, 9 * C]``: the 3x3 "same" patches of every pixel."""
+    n, h, wd, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # Patch order (dy, dx, c) matches w.reshape(9 * C_in, C_out) (HWIO).
+    patches = jnp.concatenate(
+        [padded[:, dy : dy + h, dx : dx + wd, :] for dy in range(3) for dx in range(3)], axis=-1
+    )
+    return patches.reshape(n * h * wd, 9 * c)
+
+
+def _im2col_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    n, h, wd, c = x.shape
+    return jnp.dot(_patches(x), w.reshape(9 * c, -1)).reshape(n, h, wd, -1)
+
+
+@jax.custom_vjp
+def _im2col_conv_vjp(x: jax.Array, w: jax.Array) -> jax.Array:
+    """:func:`_im2col_conv` whose input gradient is a convolution too (see the bwd)."""
+    return _im2col_conv(x, w)
+
+
+def _im2col_conv_vjp_fwd(x, w):
+    return _im2col_conv(x, w), (x, w)
+
+
+def _im2col_conv_vjp_bwd(residuals, g):
+    # Autodiff of im2col computes the input gradient as g @ W^T, a [N*H*W, 9*C_in]
+    # patch gradient, then scatters it back with the transpose of the nine slices.
+    # For a stride-1 "same" 3x3 convolution the input gradient is the "same"
+    # convolution of g with the spatially flipped, transposed kernel: one more
+    # im2col product, with a forward-shaped matmul. The weight gradient is
+    # autodiff's; the patches of x are recomputed rather than kept. The backward
+    # rule is itself differentiated for second-order meta-gradients.
+    x, w = residuals
+    c_out = w.shape[3]
+    dw = jnp.dot(_patches(x).T, g.reshape(-1, c_out)).reshape(w.shape)
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [3, 3, C_out, C_in]
+    return _im2col_conv(g, flipped).astype(x.dtype), dw.astype(w.dtype)
+
+
+_im2col_conv_vjp.defvjp(_im2col_conv_vjp_fwd, _im2col_conv_vjp_bwd)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

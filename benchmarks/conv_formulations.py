@@ -1,0 +1,177 @@
+"""conv4's convolution formulations side by side: the full W1/W2 step and the matmuls.
+
+Two measurements, in one process:
+
+* ``step``: the second-order MAML meta-step on a W1/W2 workload (``peers/torch_peers.py``;
+  fixed random Omniglot-shaped tasks) for each ``--conv`` formulation, all compiled
+  first and then timed in alternating rounds, so a change in load hits them all.
+* ``matmul``: the three matmuls of an im2col layer 2 on one W2 task (75 images of
+  14x14x64): forward ``patches @ W``, weight gradient ``patches^T @ dY`` and input
+  gradient ``dY @ W^T``, in GFLOP/s, best of ``--repeats``. XLA's CPU flags apply only
+  when set before the process starts, so compare flags by running the script once per
+  setting (``XLA_FLAGS=... python benchmarks/conv_formulations.py --only matmul``).
+
+Usage:
+  python benchmarks/conv_formulations.py --workloads W1-so-1step W2-so-1step \\
+      --out benchmarks/results/conv_formulations.jsonl --md benchmarks/results/conv_formulations.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "peers"))
+
+import _bench  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from torch_peers import get_workload  # noqa: E402  (workload definitions; no torch)
+
+import metajax as mj  # noqa: E402
+from metajax.models import conv4  # noqa: E402
+from metajax.recipes.omniglot import classifier_loss  # noqa: E402
+
+
+def time_steps(workload: str, convs, *, task_parallel: str, rounds: int) -> list[dict]:
+    w = get_workload(workload)
+    tasks = _bench.random_omniglot_tasks(
+        np.random.default_rng(0),
+        tasks=w["meta_batch"],
+        ways=w["ways"],
+        shots=w["shots"],
+        queries=w["queries"],
+    )
+    compiled = []
+    for conv in convs:
+        learner = mj.maml(
+            classifier_loss(conv),
+            inner_lr=w["inner_lr"],
+            inner_steps=w["inner_steps"],
+            first_order=w["first_order"],
+        )
+        outer = optax.adam(w["outer_lr"])
+        state = mj.init_train_state(
+            learner, conv4.init(jax.random.key(0), ways=w["ways"]), outer, jax.random.key(1)
+        )
+        step = mj.make_train_step(
+            learner, outer, pre_adaptation_metrics=False, task_parallel=task_parallel
+        )
+        t0 = time.perf_counter()
+        fn = jax.jit(step).lower(state, tasks).compile()
+        compiled.append(_Step(lambda s, fn=fn: fn(s, tasks), state, time.perf_counter() - t0))
+    times = _bench.time_interleaved(compiled, rounds=rounds, calls_per_round=1, warmup=1)
+    return [
+        {
+            "measure": "step",
+            "workload": workload,
+            "conv": conv,
+            "task_parallel": task_parallel,
+            "compile_s": c.compile_s,
+            **_bench.summarize(t),
+        }
+        for conv, c, t in zip(convs, compiled, times)
+    ]
+
+
+class _Step:
+    """What :func:`_bench.time_interleaved` needs: ``fn(state) -> (state, metrics)``."""
+
+    def __init__(self, fn, state, compile_s):
+        self.fn, self.state, self.compile_s = fn, state, compile_s
+
+
+def time_matmuls(repeats: int) -> list[dict]:
+    key = jax.random.key(0)
+    rows, k, n = 75 * 14 * 14, 9 * 64, 64
+    patches = jax.random.normal(key, (rows, k))
+    weights = jax.random.normal(key, (k, n))
+    grad_out = jax.random.normal(key, (rows, n))
+    products = {
+        "forward patches @ W": (lambda p, w, g: p @ w),
+        "weight grad patches^T @ dY": (lambda p, w, g: p.T @ g),
+        "input grad dY @ W^T": (lambda p, w, g: g @ w.T),
+    }
+    out = []
+    for name, fn in products.items():
+        fn = jax.jit(fn)
+        jax.block_until_ready(fn(patches, weights, grad_out))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(patches, weights, grad_out))
+            best = min(best, time.perf_counter() - t0)
+        out.append(
+            {
+                "measure": "matmul",
+                "product": name,
+                "shape": [rows, k, n],
+                "gflop_per_s": 2 * rows * k * n / best / 1e9,
+                "best_ms": 1e3 * best,
+            }
+        )
+    return out
+
+
+def table(records: list[dict], facts: dict) -> str:
+    lines = [
+        "```bash",
+        "python " + " ".join([os.path.relpath(__file__, os.path.dirname(HERE)), *sys.argv[1:]]),
+        "```",
+        "",
+        f"jax {facts['jax_version']}, {facts['backend']}, load average "
+        f"{', '.join(f'{x:.1f}' for x in facts['loadavg'])}, XLA_FLAGS="
+        f"`{os.environ.get('XLA_FLAGS', '')}`, commit {facts['git_commit']}, {facts['when']}.",
+        "",
+    ]
+    steps = [r for r in records if r["measure"] == "step"]
+    if steps:
+        lines += [
+            "| workload | conv | task_parallel | s / meta-step (median, IQR) | compile s |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['workload']} | {r['conv']} | {r['task_parallel']} | "
+            f"{r['sec_per_call_median']:.3f} (±{r['sec_per_call_iqr']:.3f}) | {r['compile_s']:.1f} |"
+            for r in steps
+        ]
+        lines.append("")
+    mms = [r for r in records if r["measure"] == "matmul"]
+    if mms:
+        lines += ["| im2col layer-2 product (W2 task) | GFLOP/s | ms |", "|---|---|---|"]
+        lines += [f"| {r['product']} | {r['gflop_per_s']:.1f} | {r['best_ms']:.2f} |" for r in mms]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", default=["W1-so-1step", "W2-so-1step"])
+    parser.add_argument("--convs", nargs="+", default=["im2col", "im2col_vjp"])
+    parser.add_argument("--task-parallel", default="map")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--only", choices=["step", "matmul"], default=None)
+    _bench.add_output_args(parser)
+    args = parser.parse_args(argv)
+    _bench.setup_host(not args.no_tune_allocator)
+    facts = _bench.machine()
+    records = []
+    if args.only != "step":
+        records += time_matmuls(args.repeats)
+    if args.only != "matmul":
+        mode = int(args.task_parallel) if args.task_parallel.isdigit() else args.task_parallel
+        for workload in args.workloads:
+            records += time_steps(workload, args.convs, task_parallel=mode, rounds=args.rounds)
+    records = [{**r, **facts, "xla_flags": os.environ.get("XLA_FLAGS", "")} for r in records]
+    _bench.append_jsonl(args.out, records)
+    _bench.write_table(table(records, facts), args.md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
