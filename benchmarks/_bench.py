@@ -18,7 +18,8 @@ Not a public module: the scripts in ``benchmarks/`` put this directory on
 * :func:`add_output_args`, :func:`append_jsonl` and :func:`write_table`: the
   ``--no-tune-allocator/--out/--md`` options every script takes and what they write.
 * :func:`random_omniglot_tasks`: a fixed batch of Omniglot-shaped tasks of random
-  images, for the scripts that time a step on explicit tasks.
+  images, for the scripts that time a step on explicit tasks;
+  :func:`omniglot_workload` builds a W1/W2 workload's tasks, learner and state.
 """
 
 from __future__ import annotations
@@ -403,3 +404,31 @@ def random_omniglot_tasks(
         )
 
     return mj.Task(batch(shots), batch(queries))
+
+
+def omniglot_workload(w: dict, conv: str):
+    """A W1/W2 workload (``torch_peers.get_workload``) as ``(tasks, learner, outer, state)``.
+
+    Fixed random tasks (seed 0), second- or first-order MAML on conv4 with the
+    workload's inner and outer settings, and the initial train state.
+    """
+    from metajax.recipes.omniglot import classifier_loss
+
+    tasks = random_omniglot_tasks(
+        np.random.default_rng(0),
+        tasks=w["meta_batch"],
+        ways=w["ways"],
+        shots=w["shots"],
+        queries=w["queries"],
+    )
+    learner = mj.maml(
+        classifier_loss(conv),
+        inner_lr=w["inner_lr"],
+        inner_steps=w["inner_steps"],
+        first_order=w["first_order"],
+    )
+    outer = optax.adam(w["outer_lr"])
+    state = mj.init_train_state(
+        learner, conv4.init(jax.random.key(0), ways=w["ways"]), outer, jax.random.key(1)
+    )
+    return tasks, learner, outer, state

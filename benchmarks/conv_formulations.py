@@ -29,42 +29,24 @@ sys.path.insert(0, os.path.join(HERE, "peers"))
 
 import _bench  # noqa: E402
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from torch_peers import get_workload  # noqa: E402  (workload definitions; no torch)
 
 import metajax as mj  # noqa: E402
-from metajax.models import conv4  # noqa: E402
-from metajax.recipes.omniglot import classifier_loss  # noqa: E402
 
 
 def time_steps(workload: str, convs, *, task_parallel: str, rounds: int) -> list[dict]:
     w = get_workload(workload)
-    tasks = _bench.random_omniglot_tasks(
-        np.random.default_rng(0),
-        tasks=w["meta_batch"],
-        ways=w["ways"],
-        shots=w["shots"],
-        queries=w["queries"],
-    )
     compiled = []
     for conv in convs:
-        learner = mj.maml(
-            classifier_loss(conv),
-            inner_lr=w["inner_lr"],
-            inner_steps=w["inner_steps"],
-            first_order=w["first_order"],
-        )
-        outer = optax.adam(w["outer_lr"])
-        state = mj.init_train_state(
-            learner, conv4.init(jax.random.key(0), ways=w["ways"]), outer, jax.random.key(1)
-        )
+        tasks, learner, outer, state = _bench.omniglot_workload(w, conv)
         step = mj.make_train_step(
             learner, outer, pre_adaptation_metrics=False, task_parallel=task_parallel
         )
         t0 = time.perf_counter()
         fn = jax.jit(step).lower(state, tasks).compile()
-        compiled.append(_Step(lambda s, fn=fn: fn(s, tasks), state, time.perf_counter() - t0))
+        compiled.append(
+            _Step(lambda s, fn=fn, tasks=tasks: fn(s, tasks), state, time.perf_counter() - t0)
+        )
     times = _bench.time_interleaved(compiled, rounds=rounds, calls_per_round=1, warmup=1)
     return [
         {

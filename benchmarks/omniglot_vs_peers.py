@@ -49,31 +49,17 @@ def time_metajax(
     import _bench  # this directory is on sys.path when a script runs
     import jax
     import numpy as np
-    import optax
     from torch_peers import get_workload  # the workload definitions only; no torch needed
 
     import metajax as mj
     from metajax.models import conv4
-    from metajax.recipes.omniglot import classifier_loss
 
     tuned = mj.tune_host_allocator() if tune_allocator else False
     w = get_workload(workload_name)
     if w["family"] != "omniglot":
         raise ValueError("this script times the Omniglot workloads (W1, W2)")
-    ways, shots, queries, tasks_n = w["ways"], w["shots"], w["queries"], w["meta_batch"]
-    tasks = _bench.random_omniglot_tasks(
-        np.random.default_rng(0), tasks=tasks_n, ways=ways, shots=shots, queries=queries
-    )
-    learner = mj.maml(
-        classifier_loss(conv),
-        inner_lr=w["inner_lr"],
-        inner_steps=w["inner_steps"],
-        first_order=w["first_order"],
-    )
-    outer = optax.adam(w["outer_lr"])
-    state = mj.init_train_state(
-        learner, conv4.init(jax.random.key(0), ways=ways), outer, jax.random.key(1)
-    )
+    tasks_n = w["meta_batch"]
+    tasks, learner, outer, state = _bench.omniglot_workload(w, conv)
     step = jax.jit(
         mj.make_train_step(
             learner,

@@ -16,6 +16,10 @@ the inner loop normalises with: row ``k < K`` is the support batch after ``k`` i
 steps (the pass that computes inner gradient ``k + 1``), row ``K`` the query batch
 after the last step. With MAML++'s per-step batch norm those rows are kept apart, one
 set of running statistics per inner step (BNRS); otherwise they are averaged into one.
+It runs the task's inner loop a second time, without second-order terms, to observe
+those passes (the meta-loss's own inner loop does not return its support passes'
+intermediate values): about one first-order adaptation and ``K + 1`` forward passes
+more per task.
 
 Training still normalises with each batch's own statistics (PyTorch's training mode,
 and MAML++'s reference code, which calls ``F.batch_norm(..., training=True)`` at every

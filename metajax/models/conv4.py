@@ -59,17 +59,15 @@ chunks, so a chunk's patches stay in cache) did not help either: 0.110-0.119 s p
 task for forward and backward against 0.099-0.112 s unchunked (W2's query pass,
 2026-11-29, two training runs sharing the CPU). Per task, the ``"xla"`` formulation
 is as fast as im2col outside a loop (0.13 s) but 20x slower inside ``lax.map``.
-``"im2col_vjp"``, a hand-written VJP for im2col computing the input gradient as the convolution of the
-output gradient with the flipped, transposed kernel (a forward-shaped matmul instead of
-a ``[N*H*W, 9*C]`` patch gradient scattered back through the nine slices), was 1.3x
-faster on layer 2's backward pass alone (75 images, 63 against 83 ms) and equal to
-rounding in float64 at first and second order, but not faster in the full step: W1 0.322 against 0.303 s, W2 1.848 against
-1.729 s per meta-step (``lax.map``, median of alternating rounds in one process,
-load average 1.7; ``benchmarks/results/conv_formulations.md``, 2026-12-02). XLA's
-YNNPACK dot fusion (``--xla_cpu_experimental_ynn_fusion_type=dot``) doubled the
-forward-shaped matmul alone (``[14700, 576] @ [576, 64]``: 329 against 173 GFLOP/s)
-but left the backward-shaped ones unchanged and made the W1 step 2.6x slower (1.59
-against 0.61 s). Neither is the default.
+``"im2col_vjp"`` (a forward-shaped matmul for the input gradient instead of a
+``[N*H*W, 9*C]`` patch gradient scattered back through the nine slices) is not faster
+in the full step: W1 0.322 against 0.303 s, W2 1.848 against 1.729 s per meta-step
+(``lax.map``, alternating rounds in one process, load average 1.7;
+``benchmarks/results/conv_formulations.md``, 2026-12-02). XLA's YNNPACK dot fusion
+(``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot``) made the W1 step 2.9x
+slower (0.866 s) and left layer 2's matmuls as they were (197 / 110 / 202 GFLOP/s
+against 200 / 111 / 210 for forward, weight and input gradient;
+``benchmarks/results/conv_formulations_ynn.md``). Neither is the default.
 """
 
 from __future__ import annotations
