@@ -17,7 +17,8 @@ trajectories, fits baselines, adapts the policy and takes the outer step:
   (the same first derivative, and unbiased higher derivatives).
 * :func:`maml_rl` (MAML with policy-gradient inner and outer updates) and
   :func:`pretrain_rl` (one policy trained by policy gradient on every task), both
-  pluggable into :func:`metajax.make_train_step` with sampled :class:`RLTask` s.
+  pluggable into :func:`metajax.make_train_step` with sampled :class:`RLTask` s, or
+  into :func:`make_trust_region_step` for a TRPO outer update.
 
 How the MAML-RL meta-gradient is estimated. The per-task objective is
 ``J_out(theta')`` with ``theta' = theta + alpha * grad J_in(theta)`` (ProMP's
@@ -45,10 +46,16 @@ plain surrogate (the paper's estimator) and ``"first_order"`` stops the inner
 gradient. The E-MAML term ``E[J_out grad log p(tau_pre)]`` of "formulation I" is not
 added.
 
-The outer surrogate is the REINFORCE loss on post-adaptation trajectories with
-Adam in the recipe (the paper used TRPO). With one gradient step per sampled batch a
-PPO-clipped surrogate has exactly this gradient (its ratio is 1 at the sampling
-parameters), so clipping would change nothing here.
+The outer update is either a first-order optimiser (Adam in the recipe) on the
+REINFORCE loss of the post-adaptation trajectories, through
+:func:`metajax.make_train_step` (with one gradient step per sampled batch a
+PPO-clipped surrogate has exactly this gradient: its ratio is 1 at the sampling
+parameters), or the paper's TRPO, :func:`make_trust_region_step`: the episodes are
+sampled once, the inner updates are replayed on the stored pre-adaptation episodes
+as a deterministic function of the meta-parameters, and
+:func:`metajax.trust_region.trust_region_update` takes a natural-gradient step on
+the importance-weighted post-adaptation surrogate inside a KL ball around the
+adapted policies (the MAML code's construction; radius 0.01).
 
 References:
   Finn, Abbeel, Levine, "Model-Agnostic Meta-Learning", ICML 2017 (sec. 5.3).
@@ -57,6 +64,7 @@ References:
   Function Estimators for Reinforcement Learning", NeurIPS 2019.
   Rothfuss et al., "ProMP: Proximal Meta-Policy Search", ICLR 2019.
   Duan et al., "Benchmarking Deep RL for Continuous Control" (rllab), ICML 2016.
+  Schulman et al., "Trust Region Policy Optimization", ICML 2015.
 """
 
 from __future__ import annotations
@@ -89,12 +97,16 @@ class Policy(NamedTuple):
       log_prob: ``(params, obs, action) -> log pi(action | obs)``; broadcasts over
         leading axes of ``obs`` and ``action``.
       mean: ``(params, obs) -> the deterministic (mean) action``.
+      kl: ``(old_params, params, obs) -> KL(pi_old(.|obs) || pi(.|obs))`` in closed
+        form, broadcasting over leading axes of ``obs`` (for trust-region updates,
+        :mod:`metajax.trust_region`); ``None`` if the policy has none.
     """
 
     init: Callable[[jax.Array], Params]
     sample: Callable[[Params, jax.Array, jax.Array], jax.Array]
     log_prob: Callable[[Params, jax.Array, jax.Array], jax.Array]
     mean: Callable[[Params, jax.Array], jax.Array]
+    kl: Callable[[Params, Params, jax.Array], jax.Array] | None = None
 
 
 def gaussian_mlp_policy(
@@ -140,7 +152,20 @@ def gaussian_mlp_policy(
         z = (action - mean(params, obs)) * jnp.exp(-log_std)
         return jnp.sum(-0.5 * jnp.square(z) - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
 
-    return Policy(init, sample, log_prob, mean)
+    def kl(old_params, params, obs):
+        # Diagonal Gaussians; the common action_scale cancels in the log-std ratio
+        # and divides out of the squared mean difference.
+        old_log_std, log_std = old_params["log_std"], params["log_std"]
+        diff = (mean(old_params, obs) - mean(params, obs)) / action_scale
+        terms = (
+            log_std
+            - old_log_std
+            + (jnp.exp(2 * old_log_std) + jnp.square(diff)) / (2 * jnp.exp(2 * log_std))
+            - 0.5
+        )
+        return jnp.sum(terms, axis=-1)
+
+    return Policy(init, sample, log_prob, mean, kl)
 
 
 def categorical_mlp_policy(
@@ -168,7 +193,12 @@ def categorical_mlp_policy(
     def mean(params, obs):
         return jnp.argmax(logits(params, obs), axis=-1).astype(jnp.int32)
 
-    return Policy(init, sample, log_prob, mean)
+    def kl(old_params, params, obs):
+        old = jax.nn.log_softmax(logits(old_params, obs), axis=-1)
+        new = jax.nn.log_softmax(logits(params, obs), axis=-1)
+        return jnp.sum(jnp.exp(old) * (old - new), axis=-1)
+
+    return Policy(init, sample, log_prob, mean, kl)
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -454,6 +484,8 @@ class RLMetaLearner(NamedTuple):
       params: ``meta_params -> params``.
       loss_fn: unused (``make_train_step(..., pre_adaptation_metrics=False)``).
       inner_steps: inner steps used in training.
+      trust_region: the :class:`TrustRegionObjectives` of a TRPO outer update
+        (:func:`make_trust_region_step`).
     """
 
     init: Callable
@@ -462,6 +494,27 @@ class RLMetaLearner(NamedTuple):
     params: Callable
     loss_fn: Any
     inner_steps: int
+    trust_region: TrustRegionObjectives | None = None
+
+
+class TrustRegionObjectives(NamedTuple):
+    """A learner's objectives for a TRPO outer step, on episodes sampled once.
+
+    Attributes:
+      collect: ``(meta_params, task) -> (data, aux)``: samples the task's episodes
+        with the current meta-parameters (and, for MAML-RL, adapts) and keeps what the
+        other two functions need; ``aux`` as :attr:`RLMetaLearner.loss`'s.
+      loss: ``(meta_params, data) -> scalar``: the importance-weighted surrogate
+        ``-sum m (pi / pi_old) A / sum m`` of the episodes the outer objective is
+        measured on, as a function of the meta-parameters. Its gradient at the
+        sampling meta-parameters equals that of :attr:`RLMetaLearner.loss`.
+      kl: ``(meta_params, data) -> scalar``: the mean KL divergence, over those
+        episodes' valid steps, from the policy that sampled them.
+    """
+
+    collect: Callable
+    loss: Callable
+    kl: Callable
 
 
 class AdaptationResult(NamedTuple):
@@ -521,8 +574,11 @@ def maml_rl(
     def sample(params, env_params, key):
         return sample_trajectories(env, policy, params, env_params, key, num_trajectories, horizon)
 
-    def inner_step(params, trajectories, surrogate, lr=inner_lr):
-        _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
+    def inner_step(params, trajectories, surrogate, lr=inner_lr, advantages=None):
+        if advantages is None:
+            _, advantages = compute_advantages(
+                trajectories, discount, normalize=normalize_advantages
+            )
 
         def loss(p):
             log_probs = trajectory_log_probs(policy, p, trajectories)
@@ -566,6 +622,39 @@ def maml_rl(
         aux = {"return_pre": result.returns[0], "return_post": result.returns[-1]}
         return outer, aux
 
+    # TRPO outer step (MAML's code): sample and adapt once, then treat the inner
+    # updates as a deterministic function of the meta-parameters, replayed on the
+    # stored pre-adaptation episodes, so the line search can re-evaluate the
+    # post-adaptation surrogate and KL at candidate meta-parameters.
+    def collect(meta_params, task: RLTask):
+        meta_params = jax.lax.stop_gradient(meta_params)
+        params, result = adapt(meta_params, task, surrogate=inner_surrogate)
+        pre = jax.tree.map(lambda x: x[:-1], result.trajectories)
+        post = jax.tree.map(lambda x: x[-1], result.trajectories)
+        advantages = lambda t: compute_advantages(t, discount, normalize=normalize_advantages)[1]  # noqa: E731
+        data = {
+            "pre": pre,
+            "pre_advantages": jax.vmap(advantages)(pre),  # the baselines are fitted once
+            "post": post,
+            "advantages": advantages(post),
+            "adapted": params,
+        }
+        aux = {"return_pre": result.returns[0], "return_post": result.returns[-1]}
+        return data, aux
+
+    def replay(meta_params, data):
+        def body(params, xs):
+            trajectories, advantages = xs
+            return inner_step(params, trajectories, inner_surrogate, advantages=advantages), None
+
+        return jax.lax.scan(body, meta_params, (data["pre"], data["pre_advantages"]))[0]
+
+    def trust_region_loss(meta_params, data):
+        return _importance_surrogate(policy, replay(meta_params, data), data)
+
+    def trust_region_kl(meta_params, data):
+        return _policy_kl(policy, data["adapted"], replay(meta_params, data), data["post"])
+
     return RLMetaLearner(
         init=lambda params: params,
         loss=loss,
@@ -573,7 +662,22 @@ def maml_rl(
         params=lambda meta_params: meta_params,
         loss_fn=None,
         inner_steps=inner_steps,
+        trust_region=TrustRegionObjectives(collect, trust_region_loss, trust_region_kl),
     )
+
+
+def _importance_surrogate(policy: Policy, params: Params, data) -> jax.Array:
+    post = data["post"]
+    ratio = jnp.exp(trajectory_log_probs(policy, params, post) - post.log_probs)
+    return -weighted_mean(masks_zero(ratio, post.masks) * data["advantages"], post.masks)
+
+
+def _policy_kl(policy: Policy, old_params: Params, params: Params, trajectories) -> jax.Array:
+    if policy.kl is None:
+        raise ValueError("a trust-region update needs a policy with a closed-form kl.")
+    old_params = jax.lax.stop_gradient(old_params)
+    kl = policy.kl(old_params, params, trajectories.observations)
+    return weighted_mean(masks_zero(kl, trajectories.masks), trajectories.masks)
 
 
 def pretrain_rl(
@@ -617,7 +721,90 @@ def pretrain_rl(
         aux = {"return_pre": value, "return_post": value}
         return reinforce_loss(log_probs, advantages, trajectories.masks), aux
 
-    return learner._replace(loss=loss)
+    def collect(params, task: RLTask):
+        params = jax.lax.stop_gradient(params)
+        trajectories = sample_trajectories(
+            env, policy, params, task.env_params, task.key, num_trajectories, horizon
+        )
+        _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
+        value = episode_returns(trajectories).mean()
+        data = {"post": trajectories, "advantages": advantages, "adapted": params}
+        return data, {"return_pre": value, "return_post": value}
+
+    return learner._replace(
+        loss=loss,
+        trust_region=TrustRegionObjectives(
+            collect,
+            lambda params, data: _importance_surrogate(policy, params, data),
+            lambda params, data: _policy_kl(policy, data["adapted"], params, data["post"]),
+        ),
+    )
+
+
+def make_trust_region_step(
+    learner: RLMetaLearner,
+    *,
+    sample_tasks: Callable[[jax.Array], RLTask],
+    meta_batch: int,
+    max_kl: float = 0.01,
+    cg_iters: int = 10,
+    cg_damping: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+) -> Callable:
+    """A meta-training step whose outer update is TRPO's (:mod:`metajax.trust_region`).
+
+    The MAML paper's outer optimiser for RL (KL radius 0.01). Per step: draw
+    ``meta_batch`` tasks from ``fold_in(state.rng, state.step)`` (as
+    :func:`metajax.make_train_step`), ``collect`` each task's episodes, then one
+    :func:`~metajax.trust_region.trust_region_update` of the meta-parameters on the
+    task-mean surrogate and KL of :class:`TrustRegionObjectives`. The state's
+    ``opt_state`` is unused (build it with ``optax.identity()``).
+
+    Returns:
+      ``step(state) -> (state, metrics)`` with ``return_pre``, ``return_post``,
+      ``meta_loss`` (the surrogate before the step), ``surrogate_after``, ``kl``,
+      ``backtracks``, ``accepted``, ``grad_norm`` and ``step_norm``.
+    """
+    from metajax import trust_region  # noqa: PLC0415  (keeps rl importable on its own)
+
+    if learner.trust_region is None:
+        raise ValueError("this learner has no trust_region objectives.")
+    if meta_batch < 1:
+        raise ValueError(f"meta_batch must be >= 1, got {meta_batch}.")
+    objectives = learner.trust_region
+
+    def step(state):
+        keys = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch)
+        tasks = jax.vmap(sample_tasks)(keys)
+        data, aux = jax.vmap(objectives.collect, in_axes=(None, 0))(state.meta_params, tasks)
+
+        def mean_over_tasks(fn):
+            return lambda p: jnp.mean(jax.vmap(fn, in_axes=(None, 0))(p, data))
+
+        meta_params, info = trust_region.trust_region_update(
+            mean_over_tasks(objectives.loss),
+            mean_over_tasks(objectives.kl),
+            state.meta_params,
+            max_kl=max_kl,
+            cg_iters=cg_iters,
+            cg_damping=cg_damping,
+            backtrack_ratio=backtrack_ratio,
+            max_backtracks=max_backtracks,
+        )
+        metrics = {k: jnp.mean(v) for k, v in aux.items()}
+        metrics.update(
+            meta_loss=info.loss_before,
+            surrogate_after=info.loss_after,
+            kl=info.kl,
+            backtracks=info.backtracks,
+            accepted=info.accepted,
+            grad_norm=info.grad_norm,
+            step_norm=info.step_norm,
+        )
+        return state.replace(step=state.step + 1, meta_params=meta_params), metrics
+
+    return step
 
 
 __all__ = [
@@ -626,6 +813,7 @@ __all__ = [
     "RLMetaLearner",
     "RLTask",
     "Trajectory",
+    "TrustRegionObjectives",
     "baseline_features",
     "categorical_mlp_policy",
     "compute_advantages",
@@ -635,6 +823,7 @@ __all__ = [
     "gaussian_mlp_policy",
     "linear_feature_baseline",
     "magic_box",
+    "make_trust_region_step",
     "maml_rl",
     "pretrain_rl",
     "reinforce_loss",
