@@ -182,3 +182,48 @@ def test_point_robot_and_meta_maze_recipes_smoke(tmp_path):
         results = nav2d.evaluate(nav2d.PointRobotEval(workdirs=tuple(workdirs), num_tasks=2))
         assert results["env"] == env and len(results["runs"]) == 3
         assert (tmp_path / env / "maml" / f"{env}_trajectories.png").exists()
+
+
+# ------------------------------------------------------------------ bandits
+
+
+@pytest.mark.parametrize("name", ["BernoulliBandit-misc", "GaussianBandit-misc"])
+def test_gymnax_bandit_tasks_and_rewards_are_gymnax(name):
+    from metajax.envs.gymnax_adapter import make_gymnax_bandit
+
+    env = make_gymnax_bandit(name)
+    raw, raw_params = gymnax.make(name)
+    key = jax.random.key(4)
+    params = env.sample_params(key)
+    _, raw_state = raw.reset_env(key, raw_params)  # the task gymnax's reset draws
+    field = "reward_probs" if name.startswith("Bernoulli") else "mu"
+    np.testing.assert_allclose(params.value, getattr(raw_state, field), rtol=1e-6)
+    obs, state = env.reset(jax.random.key(5), params)
+    np.testing.assert_array_equal(obs, [0.0, 1.0, 0.0, -1.0])  # gymnax's start of a lifetime
+    for action in (0, 1):
+        step_key = jax.random.key(10 + action)
+        _, _, reward, done, _ = env.step(step_key, state, jnp.int32(action), params)
+        expected = raw.step_env(step_key, raw_state, jnp.int32(action), raw_params)[2]
+        np.testing.assert_allclose(reward, expected, rtol=1e-6)
+        assert bool(done)  # one pull per episode
+    means = env.arm_means(params)
+    assert means.shape == (2,)
+    if name.startswith("Gaussian"):
+        np.testing.assert_allclose(means, [0.0, params.value])
+    else:
+        np.testing.assert_allclose(jnp.sort(means), [0.1, 0.9], rtol=1e-6)
+
+
+def test_gaussian_thompson_sampling_posterior_and_choices():
+    from metajax.recipes.bandit import gaussian_thompson_sampling
+
+    # A clearly good arm 1 (mu = 2) is found and then played almost always; a clearly
+    # bad one (mu = -3) is abandoned: its pulls pay about -3, the others 0.
+    keys = jax.random.split(jax.random.key(0), 200)
+    good = jax.vmap(lambda k: gaussian_thompson_sampling(k, jnp.float32(2.0), 40))(keys)
+    bad = jax.vmap(lambda k: gaussian_thompson_sampling(k, jnp.float32(-3.0), 40))(keys)
+    assert float(jnp.mean(good[:, -10:])) > 1.9
+    assert float(jnp.mean(bad[:, -10:] != 0)) < 0.01
+    # The first pull samples the prior N(-1, 1): arm 1 with probability P(N(-1,1) > 0).
+    first = jnp.mean(good[:, 0] != 0)
+    assert abs(float(first) - 0.1587) < 0.08

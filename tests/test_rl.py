@@ -292,3 +292,9 @@ def test_nav2d_and_bandit_recipes_smoke(tmp_path):
     assert "rows" in bandit.evaluate(
         bandit.BanditEval(workdir=str(tmp_path / "bandit"), num_tasks=4)
     )
+    pytest.importorskip("gymnax")
+    for env in ("gymnax-bernoulli", "gymnax-gaussian"):
+        workdir = str(tmp_path / env)
+        bandit.train(bandit.BanditTrain(workdir=workdir, env=env, steps=2, progress=False))
+        rows = bandit.evaluate(bandit.BanditEval(workdir=workdir, num_tasks=4))["rows"]
+        assert len(rows) == 5 and all(len(cells) == 4 for cells in rows.values())

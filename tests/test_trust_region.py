@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -151,3 +153,25 @@ def test_trpo_train_step_stays_in_the_trust_region_and_resumes_exactly(tiny_nav2
     s1b, _ = step(state)
     chex.assert_trees_all_equal(s1.meta_params, s1b.meta_params)
     assert int(s1.step) == 1
+
+
+def test_nav2d_recipe_trains_with_trpo_and_resumes(tmp_path):
+    tiny = dict(
+        steps=2,
+        meta_batch=2,
+        num_trajectories=3,
+        horizon=5,
+        hidden=(4,),
+        progress=False,
+        outer_optimizer="trpo",
+        checkpoint_every=1,
+        log_every=1,
+    )
+    workdir = str(tmp_path / "trpo")
+    final = nav2d.train(nav2d.Nav2DTrain(workdir=workdir, **tiny))
+    cfg, restored = nav2d.load_run(workdir)
+    assert cfg.outer_optimizer == "trpo" and int(restored.step) == 2
+    chex.assert_trees_all_equal(restored.meta_params, final.meta_params)
+    rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["kl"] <= cfg.max_kl for r in rows)

@@ -218,9 +218,105 @@ def make_gymnax_env(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class GymnaxBanditParams:
+    """The task of a :class:`GymnaxBandit`: the bandit's hidden parameter, as gymnax's
+    ``reset_env`` draws it (Bernoulli: ``reward_probs [2]``; Gaussian: ``mu``, the
+    second arm's mean)."""
+
+    value: Any
+
+
+jax.tree_util.register_dataclass(GymnaxBanditParams, data_fields=["value"], meta_fields=[])
+
+#: The state field that holds each gymnax bandit's task.
+BANDIT_TASK_FIELDS = {"BernoulliBandit-misc": "reward_probs", "GaussianBandit-misc": "mu"}
+
+
+class GymnaxBandit:
+    """gymnax's two-armed bandits, one pull per episode, the arms' parameters the task.
+
+    gymnax's ``BernoulliBandit-misc`` (Wang et al. 2017: arm probabilities ``(p, 1-p)``
+    with ``p`` drawn from ``{reward_prob, 1 - reward_prob}``, 0.1 by default) and
+    ``GaussianBandit-misc`` (Lange & Sprekeler 2022: arm 0 pays 0, arm 1 pays
+    ``N(mu, sigma_l^2)`` with ``mu ~ N(mean_mu, sigma_p^2)``, -1 and 1 by default)
+    draw the task inside ``reset`` for an RL^2 lifetime of 100 pulls. Here the task
+    is :class:`GymnaxBanditParams`, drawn by :meth:`sample_params` from the same
+    distribution (the value ``reset_env(key)`` would draw), and an episode is one
+    pull (``done`` after every ``step``), as :class:`metajax.envs.BernoulliBandit`:
+    "20 trajectories" of an inner step are 20 pulls. Rewards are gymnax's
+    ``step_env``'s; the observation is gymnax's at the start of a lifetime (last
+    reward 0, last action 0, time 0), a constant.
+
+    Args:
+      env: ``BernoulliBandit-misc`` or ``GaussianBandit-misc`` (gymnax environments).
+      env_params: its gymnax ``EnvParams`` (default: ``env.default_params``).
+    """
+
+    def __init__(self, env: Any, env_params: Any = None):
+        if env.name not in BANDIT_TASK_FIELDS:
+            raise ValueError(f"GymnaxBandit wraps {sorted(BANDIT_TASK_FIELDS)}; got {env.name!r}.")
+        self.env = env
+        self.env_params = env.default_params if env_params is None else env_params
+        self.field = BANDIT_TASK_FIELDS[env.name]
+        self.num_actions = int(env.num_actions)
+        self.action_size = None
+        obs, _ = jax.eval_shape(lambda: self.reset(jax.random.key(0), self.default_params()))
+        self.observation_size = int(obs.shape[-1])
+
+    @property
+    def name(self) -> str:
+        return f"{self.env.name}/pull"
+
+    def default_params(self) -> GymnaxBanditParams:
+        return self.sample_params(jax.random.key(0))
+
+    def sample_params(self, key: jax.Array) -> GymnaxBanditParams:
+        """gymnax's own task distribution: the value its ``reset_env(key)`` draws."""
+        _, state = self.env.reset_env(key, self.env_params)
+        return GymnaxBanditParams(jnp.asarray(getattr(state, self.field), jnp.float32))
+
+    def arm_means(self, params: GymnaxBanditParams) -> jax.Array:
+        """``[2]`` expected reward of each arm."""
+        if self.field == "reward_probs":
+            return params.value
+        return jnp.stack([jnp.zeros_like(params.value), params.value], axis=-1)
+
+    def reset(self, key: jax.Array, params: GymnaxBanditParams) -> tuple[jax.Array, Any]:
+        _, state = self.env.reset_env(key, self.env_params)
+        state = state.replace(**{self.field: params.value})
+        if self.field == "reward_probs":  # informational in gymnax; keep it consistent
+            state = state.replace(exp_reward_best=jnp.max(params.value))
+        stepped = jax.eval_shape(
+            lambda s: self.env.step_env(key, s, jnp.zeros((), jnp.int32), self.env_params)[1],
+            state,
+        )  # fixed dtypes for the scan carry (gymnax's reset leaves Python scalars)
+        state = jax.tree.map(lambda x, y: jnp.asarray(x, y.dtype), state, stepped)
+        obs = jnp.asarray(self.env.get_obs(state, self.env_params), jnp.float32)
+        return obs, state
+
+    def step(self, key, state, action, params: GymnaxBanditParams):
+        del params  # in the state since reset
+        obs, next_state, reward, _, info = self.env.step_env(key, state, action, self.env_params)
+        obs = jnp.asarray(obs, jnp.float32)
+        return obs, next_state, jnp.asarray(reward, jnp.float32), jnp.array(True), info
+
+
+def make_gymnax_bandit(name: str, **env_params: Any) -> GymnaxBandit:
+    """``gymnax.make(name)`` (a bandit) wrapped in a :class:`GymnaxBandit`."""
+    import gymnax  # optional dependency: pip install "metajax[rl]"
+
+    env, default = gymnax.make(name)
+    return GymnaxBandit(env, default.replace(**env_params))
+
+
 __all__ = [
+    "BANDIT_TASK_FIELDS",
+    "GymnaxBandit",
+    "GymnaxBanditParams",
     "GymnaxMetaEnv",
     "GymnaxTaskParams",
+    "make_gymnax_bandit",
     "make_gymnax_env",
     "meta_maze_reached",
     "point_robot_reached",
