@@ -1,7 +1,7 @@
 """Environments in the gymnax API whose parameters are the task (meta-RL).
 
-gymnax's own PointRobot and MetaMaze come through :mod:`metajax.envs.gymnax_adapter`
-(``make_gymnax_env``; gymnax itself is the optional ``metajax[rl]`` dependency and is
+gymnax's own PointRobot, MetaMaze and bandits come through :mod:`metajax.envs.gymnax_adapter`
+(``make_gymnax_env``, ``make_gymnax_bandit``; gymnax itself is the optional ``metajax[rl]`` dependency and is
 imported only when an environment is made).
 """
 
