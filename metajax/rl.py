@@ -759,7 +759,9 @@ def make_trust_region_step(
     :func:`metajax.make_train_step`), ``collect`` each task's episodes, then one
     :func:`~metajax.trust_region.trust_region_update` of the meta-parameters on the
     task-mean surrogate and KL of :class:`TrustRegionObjectives`. The state's
-    ``opt_state`` is unused (build it with ``optax.identity()``).
+    ``opt_state`` is unused (build it with ``optax.identity()``). Unlike
+    :func:`metajax.make_train_step`, it does not shard the task axis over a mesh
+    (single device only, for now).
 
     Returns:
       ``step(state) -> (state, metrics)`` with ``return_pre``, ``return_post``,
