@@ -712,14 +712,10 @@ def pretrain_rl(
 
     def loss(params, task: RLTask, step=None):
         del step
-        trajectories = sample_trajectories(
-            env, policy, params, task.env_params, task.key, num_trajectories, horizon
-        )
-        _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
+        data, aux = collect(params, task)  # sampled data: no gradient flows through it
+        trajectories = data["post"]
         log_probs = trajectory_log_probs(policy, params, trajectories)
-        value = episode_returns(trajectories).mean()
-        aux = {"return_pre": value, "return_post": value}
-        return reinforce_loss(log_probs, advantages, trajectories.masks), aux
+        return reinforce_loss(log_probs, data["advantages"], trajectories.masks), aux
 
     def collect(params, task: RLTask):
         params = jax.lax.stop_gradient(params)

@@ -49,6 +49,10 @@ class BernoulliBandit:
         del key, params
         return jnp.ones((1,), jnp.float32), BanditState(jnp.zeros((), jnp.int32))
 
+    def arm_means(self, params: BanditParams) -> jax.Array:
+        """``[..., arms]`` expected reward of each arm."""
+        return params.probs
+
     def step(self, key, state: BanditState, action, params: BanditParams):
         reward = jax.random.bernoulli(key, params.probs[action]).astype(jnp.float32)
         obs = jnp.ones((1,), jnp.float32)

@@ -113,11 +113,6 @@ def num_arms(cfg: BanditTrain) -> int:
     return cfg.arms if cfg.env == "bernoulli" else 2
 
 
-def arm_means(cfg: BanditTrain, env, params) -> jax.Array:
-    """``[..., arms]`` expected reward of each arm of a task."""
-    return params.probs if cfg.env == "bernoulli" else env.arm_means(params)
-
-
 def build(cfg: BanditTrain):
     env = make_env(cfg)
     policy = rl.categorical_mlp_policy(env.observation_size, num_arms(cfg), cfg.hidden)
@@ -234,7 +229,7 @@ def thompson_rewards(train_cfg: BanditTrain, env, tasks, pulls: int) -> jax.Arra
             noise_std=float(p.sigma_l),
         )
     else:
-        fn = lambda t: thompson_sampling(t.key, arm_means(train_cfg, env, t.env_params), pulls)  # noqa: E731
+        fn = lambda t: thompson_sampling(t.key, env.arm_means(t.env_params), pulls)  # noqa: E731
     return jax.jit(jax.vmap(fn))(tasks)
 
 
@@ -249,7 +244,7 @@ def evaluate(cfg: BanditEval) -> dict:
     block = train_cfg.num_trajectories
     pulls = block * (cfg.steps + 1)
     ts = thompson_rewards(train_cfg, env, tasks, pulls)
-    probs = np.asarray(arm_means(train_cfg, env, tasks.env_params))
+    probs = np.asarray(env.arm_means(tasks.env_params))
     thompson = (
         "Thompson sampling, Gaussian prior of the task distribution"
         if train_cfg.env == "gymnax-gaussian"
