@@ -11,6 +11,9 @@ metajax runs three ways:
   Python loop (the tasks are an argument);
 * ``metajax-fused``: ``mj.repeat_step`` runs ``--steps-per-call`` meta-steps per
   compiled call on the same fixed tasks, so the per-call overhead is paid once;
+* ``metajax-fused-unroll``: as fused, with the inner loop unrolled
+  (``maml(..., unroll=True)``: the inner steps as straight-line code instead of a
+  ``lax.scan``, so XLA fuses across steps and the loop's per-iteration cost goes);
 * ``metajax-fused-sampled``: as fused, but every meta-step draws its own 25 tasks on
   the device (how ``metajax train sinusoid`` trains).
 
@@ -43,7 +46,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
-METAJAX_VARIANTS = ("metajax-plain", "metajax-fused", "metajax-fused-sampled")
+METAJAX_VARIANTS = (
+    "metajax-plain",
+    "metajax-fused",
+    "metajax-fused-unroll",
+    "metajax-fused-sampled",
+)
 
 
 def time_metajax(
@@ -84,6 +92,7 @@ def time_metajax(
         inner_lr=w["inner_lr"],
         inner_steps=w["inner_steps"],
         first_order=w["first_order"],
+        unroll=variant == "metajax-fused-unroll",
     )
     outer = optax.adam(w["outer_lr"])
     params = model.init(jax.random.key(0), jnp.zeros((1, 1)))
@@ -92,7 +101,7 @@ def time_metajax(
     if variant == "metajax-plain":
         step = mj.make_train_step(learner, outer, pre_adaptation_metrics=False)
         args, spc = (tasks,), 1
-    elif variant == "metajax-fused":
+    elif variant in ("metajax-fused", "metajax-fused-unroll"):
         step = mj.repeat_step(
             mj.make_train_step(learner, outer, pre_adaptation_metrics=False), steps_per_call
         )

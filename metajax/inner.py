@@ -17,6 +17,11 @@ Options:
   * ``remat``: rematerialise each inner step in the backward pass
     (``jax.checkpoint``), trading compute for memory that no longer grows with
     the stored activations of every step.
+  * ``unroll``: how many inner steps each iteration of the ``lax.scan`` runs (its
+    ``unroll`` argument; ``True``: all of them, a straight-line program). For small,
+    overhead-bound models on a CPU this lets XLA fuse across steps and drops the
+    loop's per-iteration cost (``benchmarks/sinusoid_vs_peers.py``); it costs compile
+    time and, for large models, nothing is gained. The result is the same.
   * ``backprop_steps``: truncated meta-gradients: only the last k steps are
     differentiated through; the earlier ones run under ``stop_gradient`` and count as
     the identity map in the backward pass (first-order MAML's approximation), so the
@@ -235,6 +240,7 @@ def adapt(
     remat: bool = False,
     backprop_steps: int | None = None,
     observe: Callable[[Params], Any] | None = None,
+    unroll: int | bool = 1,
 ) -> tuple[Params, InnerResult]:
     """Runs ``steps`` inner updates with ``lax.scan``.
 
@@ -255,6 +261,8 @@ def adapt(
       observe: optional function of the parameters as the model sees them
         (``inner.view``), evaluated after every step (and before the first), e.g. the
         query metrics of an eval step.
+      unroll: inner steps per scan iteration (``lax.scan``'s ``unroll``; ``True``:
+        all). The same function; a speed and compile-time trade-off.
 
     Returns:
       ``(adapted_params, InnerResult)``; the adapted parameters as the model sees them
@@ -262,6 +270,10 @@ def adapt(
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"inner steps must be a non-negative Python int, got {steps!r}.")
+    if isinstance(unroll, bool):
+        pass
+    elif not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"unroll must be a positive int or a bool, got {unroll!r}.")
     if backprop_steps is not None and not 0 <= backprop_steps <= steps:
         raise ValueError(f"backprop_steps must be in [0, steps={steps}], got {backprop_steps}.")
 
@@ -280,12 +292,12 @@ def adapt(
     if truncated:
         start = state
         state, out = jax.lax.stop_gradient(
-            jax.lax.scan(body, jax.lax.stop_gradient(state), length=truncated)
+            jax.lax.scan(body, jax.lax.stop_gradient(state), length=truncated, unroll=unroll)
         )
         state = _straight_through(state, start)
         outputs.append(out)
     if steps - truncated:
-        state, out = jax.lax.scan(body, state, length=steps - truncated)
+        state, out = jax.lax.scan(body, state, length=steps - truncated, unroll=unroll)
         outputs.append(out)
     if outputs:
         losses = jnp.concatenate([o[0] for o in outputs])

@@ -365,6 +365,27 @@ def test_remat_on_and_off_agree(name):
     )
 
 
+@pytest.mark.parametrize("name", UNROLLED)
+def test_unrolled_inner_loop_equals_the_scan(name):
+    # unroll=True runs the inner steps as straight-line code; the same function.
+    task = regression_task(jax.random.key(11))
+    scanned = make(name, inner_steps=3)
+    unrolled = make(name, inner_steps=3, unroll=True)
+    meta = meta_params_for(scanned)
+    chex.assert_trees_all_close(
+        jax.jit(functools.partial(meta_grad, unrolled))(meta, task),
+        jax.jit(functools.partial(meta_grad, scanned))(meta, task),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_unroll_must_be_a_positive_int_or_bool():
+    learner = mj.maml(mj.make_loss(tanh_apply, mj.squared_error), INNER_LR, 2, unroll=0)
+    with pytest.raises(ValueError, match="unroll must be a positive int"):
+        learner.loss(init_tanh(jax.random.key(0)), regression_task(jax.random.key(1)))
+
+
 def test_adam_inner_loop_second_order_is_finite_even_at_zero_gradients():
     # relu(-u)**2 at u > 0 has an exactly-zero gradient that still depends on u (a dead
     # ReLU): Adam's second moment is 0 there and d sqrt(v)/dv is infinite.

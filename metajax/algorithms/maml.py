@@ -59,6 +59,7 @@ def _gradient_based(
     adapt: inner_lib.AdaptSpec,
     remat: bool,
     backprop_steps: int | None,
+    unroll: int | bool = 1,
     init: Callable[[Params], MetaParams] = lambda p: p,
     params: Callable[[MetaParams], Params] = lambda m: m,
     objective: str = "query",
@@ -90,6 +91,7 @@ def _gradient_based(
             remat=remat,
             backprop_steps=backprop_steps,
             observe=observe,
+            unroll=unroll,
         )
 
     def step_weights(step) -> jax.Array:
@@ -173,6 +175,7 @@ def maml(
     adapt: inner_lib.AdaptSpec = None,
     remat: bool = False,
     backprop_steps: int | None = None,
+    unroll: int | bool = 1,
     multi_step_loss: ArrayLike | Callable[[jax.Array], jax.Array] | None = None,
     learn_inner_lr: bool = False,
     learn_hyperparams: Sequence[str] = (),
@@ -233,6 +236,9 @@ def maml(
       remat: rematerialise each inner step (memory for compute).
       backprop_steps: truncate the meta-gradient to the last k inner steps (the
         earlier ones count as first order; see :func:`metajax.inner.adapt`).
+      unroll: inner steps per ``lax.scan`` iteration (``True``: all; see
+        :func:`metajax.inner.adapt`); the same function, faster for small models on
+        a CPU.
       multi_step_loss: per-step query-loss weights ``[inner_steps]``, or a function
         ``outer_step -> weights``; ``None``: only the final query loss.
       learn_inner_lr: meta-learn per-layer, per-step inner learning rates.
@@ -333,6 +339,7 @@ def maml(
         adapt=adapt,
         remat=remat,
         backprop_steps=backprop_steps,
+        unroll=unroll,
         init=init,
         params=params,
         multi_step_loss=multi_step_loss,
@@ -478,6 +485,7 @@ def meta_sgd(
     adapt: inner_lib.AdaptSpec = None,
     remat: bool = False,
     backprop_steps: int | None = None,
+    unroll: int | bool = 1,
 ) -> MetaLearner:
     """Meta-SGD: per-parameter inner learning rates, learned by the outer loop.
 
@@ -503,6 +511,7 @@ def meta_sgd(
         adapt=adapt,
         remat=remat,
         backprop_steps=backprop_steps,
+        unroll=unroll,
         init=init,
         params=lambda m: m["params"],
     )
@@ -516,6 +525,7 @@ def reptile(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt: inner_lib.AdaptSpec = None,
     remat: bool = False,
+    unroll: int | bool = 1,
 ) -> MetaLearner:
     """Reptile: move the initialisation towards the adapted parameters.
 
@@ -536,6 +546,7 @@ def reptile(
         adapt=adapt,
         remat=remat,
         backprop_steps=None,
+        unroll=unroll,
         objective="reptile",
     )
 
