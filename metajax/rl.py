@@ -80,6 +80,7 @@ from jax.typing import ArrayLike
 
 from metajax.losses import weighted_mean
 from metajax.models.mlp import MLP
+from metajax.parallel import shard_tasks
 
 Params = Any
 MetaGradient = Literal["dice", "maml", "first_order"]
@@ -755,9 +756,16 @@ def make_trust_region_step(
     :func:`metajax.make_train_step`), ``collect`` each task's episodes, then one
     :func:`~metajax.trust_region.trust_region_update` of the meta-parameters on the
     task-mean surrogate and KL of :class:`TrustRegionObjectives`. The state's
-    ``opt_state`` is unused (build it with ``optax.identity()``). Unlike
-    :func:`metajax.make_train_step`, it does not shard the task axis over a mesh
-    (single device only, for now).
+    ``opt_state`` is unused (build it with ``optax.identity()``).
+
+    Several devices: as :func:`metajax.make_train_step`'s sampling steps, wrap it in
+    :func:`metajax.parallel.shard_train_step`. The task keys are then sharded over
+    the mesh's ``"tasks"`` axis (:func:`metajax.parallel.shard_tasks`), so every device
+    samples and rolls out only its own tasks, and the task means of the surrogate, of
+    the KL and of their gradients and Hessian-vector products (every conjugate-gradient
+    iteration, every line-search try) become all-reduces; the meta-parameters stay
+    replicated. A meta-batch that does not divide the device count is padded with
+    weightless tasks.
 
     Returns:
       ``step(state) -> (state, metrics)`` with ``return_pre``, ``return_post``,
@@ -774,11 +782,18 @@ def make_trust_region_step(
 
     def step(state):
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step), meta_batch)
+        keys, weights = shard_tasks(keys)  # sharded (and padded) under a mesh
+
+        def task_mean(values):  # [tasks, ...] -> [...]; padding tasks have weight 0
+            if weights is None:
+                return jnp.mean(values, axis=0)
+            return jnp.tensordot(weights, values, axes=1) / jnp.sum(weights)
+
         tasks = jax.vmap(sample_tasks)(keys)
         data, aux = jax.vmap(objectives.collect, in_axes=(None, 0))(state.meta_params, tasks)
 
         def mean_over_tasks(fn):
-            return lambda p: jnp.mean(jax.vmap(fn, in_axes=(None, 0))(p, data))
+            return lambda p: task_mean(jax.vmap(fn, in_axes=(None, 0))(p, data))
 
         meta_params, info = trust_region.trust_region_update(
             mean_over_tasks(objectives.loss),
@@ -790,7 +805,7 @@ def make_trust_region_step(
             backtrack_ratio=backtrack_ratio,
             max_backtracks=max_backtracks,
         )
-        metrics = {k: jnp.mean(v) for k, v in aux.items()}
+        metrics = {k: jnp.mean(task_mean(v)) for k, v in aux.items()}
         metrics.update(
             meta_loss=info.loss_before,
             surrogate_after=info.loss_after,

@@ -33,6 +33,8 @@ EIGHT_DEVICE_CHECKS = [
     "check_explicit_batch_is_sharded",
     "check_sampler_step_equals_single_device_and_is_padded_and_sharded",
     "check_cli_runs_on_all_devices",
+    "check_trust_region_step_equals_single_device_and_is_padded",
+    "check_nav2d_cli_runs_on_all_devices",
 ]
 
 

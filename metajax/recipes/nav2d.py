@@ -33,9 +33,9 @@ import jax
 import numpy as np
 import optax
 
-from metajax import rl
+from metajax import parallel, rl
 from metajax.envs import Nav2D, sample_nav2d_params
-from metajax.runner import restore_run, run_training
+from metajax.runner import is_main_process, restore_run, run_training
 from metajax.train import (
     TrainState,
     init_train_state,
@@ -155,6 +155,9 @@ class Nav2DTrain:
       log_every: metrics period (steps).
       checkpoint_every: checkpoint period (steps).
       progress: show a progress bar.
+      devices: devices the meta-batch is sharded over (:mod:`metajax.parallel`; both
+        outer optimisers): 0 for every device, 1 for a single one. A meta-batch that
+        does not divide them is padded with weightless tasks.
     """
 
     workdir: str = "runs/nav2d/maml"
@@ -178,6 +181,7 @@ class Nav2DTrain:
     log_every: int = 5
     checkpoint_every: int = 50
     progress: bool = True
+    devices: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,10 +276,24 @@ def train(cfg: Nav2DTrain) -> TrainState:
         )
     if cfg.steps_per_call > 1:
         step = repeat_step(step, cfg.steps_per_call)
+    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
+    if num_devices > 1:
+        mesh = parallel.make_mesh(num_devices)
+        padded = parallel.padded_size(cfg.meta_batch, num_devices)
+        if padded != cfg.meta_batch and is_main_process():
+            print(
+                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
+                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
+                flush=True,
+            )
+        train_step = parallel.shard_train_step(step, mesh)
+        state = parallel.replicate(state, mesh)
+    else:
+        train_step = jit_train_step(step)
     return run_training(
         workdir=cfg.workdir,
         state=state,
-        train_step=jit_train_step(step),
+        train_step=train_step,
         num_steps=cfg.steps,
         steps_per_call=cfg.steps_per_call,
         log_every=cfg.log_every,
