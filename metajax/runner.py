@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from metajax import parallel
 from metajax.checkpoint import Checkpointer
 
 METRICS_FILE = "metrics.jsonl"
@@ -141,6 +142,33 @@ class _StopOnSignal:
 def is_main_process() -> bool:
     """Only process 0 writes logs and metrics files in a multi-host run."""
     return jax.process_index() == 0
+
+
+def jit_on_devices(step: Callable, devices: int, meta_batch: int, *placed: Any) -> tuple:
+    """A recipe's sampling train step, jitted for ``devices`` devices (0: all of them).
+
+    With more than one device: a mesh over them (:func:`metajax.parallel.make_mesh`),
+    the step sharded over its task axis (:func:`metajax.parallel.shard_train_step`:
+    each device draws and adapts its own tasks) and ``placed`` (the state and any
+    sampler arguments, e.g. an image split) replicated. A meta-batch that does not
+    divide the device count is padded with weightless tasks; process 0 says so. With
+    one device: ``jax.jit`` with the state donated, ``placed`` unchanged.
+
+    Returns:
+      ``(train_step, *placed)``.
+    """
+    num_devices = jax.device_count() if devices == 0 else devices
+    if num_devices <= 1:
+        return (jax.jit(step, donate_argnums=0), *placed)
+    mesh = parallel.make_mesh(num_devices)
+    padded = parallel.padded_size(meta_batch, num_devices)
+    if padded != meta_batch and is_main_process():
+        print(
+            f"meta_batch {meta_batch} on {num_devices} devices: padded to {padded} "
+            f"tasks, {padded - meta_batch} of them with weight 0.",
+            flush=True,
+        )
+    return (parallel.shard_train_step(step, mesh), *parallel.replicate(placed, mesh))
 
 
 def run_training(

@@ -33,13 +33,12 @@ import jax
 import numpy as np
 import optax
 
-from metajax import parallel, rl
+from metajax import rl
 from metajax.envs import Nav2D, sample_nav2d_params
-from metajax.runner import is_main_process, restore_run, run_training
+from metajax.runner import jit_on_devices, restore_run, run_training
 from metajax.train import (
     TrainState,
     init_train_state,
-    jit_train_step,
     make_train_step,
     map_tasks,
     repeat_step,
@@ -276,20 +275,7 @@ def train(cfg: Nav2DTrain) -> TrainState:
         )
     if cfg.steps_per_call > 1:
         step = repeat_step(step, cfg.steps_per_call)
-    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
-    if num_devices > 1:
-        mesh = parallel.make_mesh(num_devices)
-        padded = parallel.padded_size(cfg.meta_batch, num_devices)
-        if padded != cfg.meta_batch and is_main_process():
-            print(
-                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
-                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
-                flush=True,
-            )
-        train_step = parallel.shard_train_step(step, mesh)
-        state = parallel.replicate(state, mesh)
-    else:
-        train_step = jit_train_step(step)
+    train_step, state = jit_on_devices(step, cfg.devices, cfg.meta_batch, state)
     return run_training(
         workdir=cfg.workdir,
         state=state,

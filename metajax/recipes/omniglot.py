@@ -23,12 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metajax import algorithms, parallel, running_stats
+from metajax import algorithms, running_stats
 from metajax.data import episodes
 from metajax.data import omniglot as omniglot_data
 from metajax.losses import accuracy, softmax_cross_entropy, weighted_mean
 from metajax.models import conv4
-from metajax.runner import is_main_process, restore_run, run_training, with_legacy_defaults
+from metajax.runner import (
+    jit_on_devices,
+    restore_run,
+    run_training,
+    with_legacy_defaults,
+)
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
 Algorithm = Literal[
@@ -412,20 +417,9 @@ def train(cfg: OmniglotTrain) -> TrainState:
     data = omniglot_data.load_omniglot(cfg.data_dir)
     train_images, train_checksum = load_images(cfg, "train", data)
     step = make_step(cfg, learner, outer)
-    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
-    if num_devices > 1:
-        mesh = parallel.make_mesh(num_devices)
-        padded = parallel.padded_size(cfg.meta_batch, num_devices)
-        if padded != cfg.meta_batch and is_main_process():
-            print(
-                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
-                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
-                flush=True,
-            )
-        jitted = parallel.shard_train_step(step, mesh)
-        state, train_images = parallel.replicate((state, train_images), mesh)
-    else:
-        jitted = jax.jit(step, donate_argnums=0)
+    jitted, state, train_images = jit_on_devices(
+        step, cfg.devices, cfg.meta_batch, state, train_images
+    )
 
     eval_fn = None
     if cfg.eval_every:

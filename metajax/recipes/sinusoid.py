@@ -20,15 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metajax import algorithms, parallel
+from metajax import algorithms
 from metajax.data.sinusoid import SinusoidDistribution, sinusoid
 from metajax.losses import make_loss, squared_error
 from metajax.models.mlp import MLP
-from metajax.runner import is_main_process, restore_run, run_training
+from metajax.runner import jit_on_devices, restore_run, run_training
 from metajax.train import (
     TrainState,
     init_train_state,
-    jit_train_step,
     make_eval_step,
     make_train_step,
     repeat_step,
@@ -136,20 +135,9 @@ def train(cfg: SinusoidTrain) -> TrainState:
     val_tasks = jax.vmap(lambda k: dist.sample_task(k, shots=cfg.shots, queries=100))(
         jax.random.split(jax.random.key(cfg.seed + 1_000_003), 200)
     )
-    num_devices = jax.device_count() if cfg.devices == 0 else cfg.devices
-    if num_devices > 1:
-        mesh = parallel.make_mesh(num_devices)
-        padded = parallel.padded_size(cfg.meta_batch, num_devices)
-        if padded != cfg.meta_batch and is_main_process():
-            print(
-                f"meta_batch {cfg.meta_batch} on {num_devices} devices: padded to {padded} "
-                f"tasks, {padded - cfg.meta_batch} of them with weight 0.",
-                flush=True,
-            )
-        train_step = parallel.shard_train_step(step, mesh)
-        state, val_tasks = parallel.replicate((state, val_tasks), mesh)
-    else:
-        train_step = jit_train_step(step)
+    train_step, state, val_tasks = jit_on_devices(
+        step, cfg.devices, cfg.meta_batch, state, val_tasks
+    )
 
     def eval_fn(state):
         metrics = eval_step(state.meta_params, val_tasks)
