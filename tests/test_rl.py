@@ -298,3 +298,17 @@ def test_nav2d_and_bandit_recipes_smoke(tmp_path):
         bandit.train(bandit.BanditTrain(workdir=workdir, env=env, steps=2, progress=False))
         rows = bandit.evaluate(bandit.BanditEval(workdir=workdir, num_tasks=4))["rows"]
         assert len(rows) == 5 and all(len(cells) == 4 for cells in rows.values())
+
+
+def test_nav2d_eval_can_sample_more_episodes_than_training():
+    # The MAML code evaluated with 40 episodes per update (4000 steps), trained with 20.
+    from metajax.recipes import nav2d
+
+    cfg = nav2d.Nav2DTrain(num_trajectories=3, horizon=5, hidden=(4,))
+    state, _ = nav2d.initial_state(cfg)
+    task = nav2d.held_out_tasks(0, 1)
+    task = jax.tree.map(lambda x: x[0], task)
+    for override, expected in ((None, 3), (7, 7)):
+        _, _, learner = nav2d.build(cfg, num_trajectories=override)
+        result = learner.adapt(state.meta_params, task, steps=1)[1]
+        assert result.trajectories.rewards.shape == (2, expected, 5)

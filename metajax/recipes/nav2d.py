@@ -194,6 +194,10 @@ class Nav2DEval:
       steps: inner policy-gradient steps at test time (paper: up to 3).
       num_tasks: held-out goals.
       inner_lr: test-time inner step size (default: each run's).
+      num_trajectories: episodes per task for each test-time inner step and for each
+        reported return (default: each run's training value). The MAML code's
+        evaluation (``maml_examples/test_maml_point.py``) sampled 4000 steps per
+        update, i.e. 40 episodes of 100 steps.
       later_lr_scale: factor on the step size of inner steps 2, 3, ... (the paper
         halved it after the first step at evaluation: 0.5).
       seed: seed of the held-out goals and episodes (a stream apart from training).
@@ -206,6 +210,7 @@ class Nav2DEval:
     steps: int = 3
     num_tasks: int = 100
     inner_lr: float | None = None
+    num_trajectories: int | None = None
     later_lr_scale: float = 1.0
     seed: int = 12345
     out: str | None = None
@@ -222,14 +227,17 @@ def make_policy(env, hidden: tuple[int, ...]) -> rl.Policy:
     return rl.gaussian_mlp_policy(env.observation_size, env.action_size, hidden, action_scale=scale)
 
 
-def build(cfg: Nav2DTrain, inner_lr: float | None = None):
-    """Returns ``(env, policy, learner)`` for a config."""
+def build(
+    cfg: Nav2DTrain, inner_lr: float | None = None, num_trajectories: int | None = None
+):
+    """Returns ``(env, policy, learner)`` for a config (``inner_lr``, ``num_trajectories``:
+    test-time overrides of the config's)."""
     env, _ = ENVS[cfg.env].make()
     policy = make_policy(env, cfg.hidden)
     kwargs = dict(
         inner_lr=cfg.inner_lr if inner_lr is None else inner_lr,
         inner_steps=cfg.inner_steps,
-        num_trajectories=cfg.num_trajectories,
+        num_trajectories=cfg.num_trajectories if num_trajectories is None else num_trajectories,
         horizon=cfg.horizon,
         discount=cfg.discount,
     )
@@ -348,12 +356,15 @@ def evaluate(cfg: Nav2DEval) -> dict:
     results = {
         "config": dataclasses.asdict(cfg),
         "env": env,
-        "episodes": {"num_trajectories": first_cfg.num_trajectories, "horizon": first_cfg.horizon},
+        "episodes": {
+            "num_trajectories": cfg.num_trajectories or first_cfg.num_trajectories,
+            "horizon": first_cfg.horizon,
+        },
         "runs": {},
     }
     policies = {}
     for name, (train_cfg, state) in runs.items():
-        _, policy, learner = build(train_cfg, cfg.inner_lr)
+        _, policy, learner = build(train_cfg, cfg.inner_lr, cfg.num_trajectories)
         untrained = name == "random init"
         algorithm = "random init" if untrained else train_cfg.algorithm
         policies[name if untrained else f"{algorithm} ({name})"] = (
