@@ -192,3 +192,71 @@ def test_population_variance_is_the_total_variance():
     all_at_once = conv4.population_stats(params, batches.reshape(1, 24, 28, 28, 1))
     np.testing.assert_allclose(stats["bn0"][0], all_at_once["bn0"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["bn0"][1], all_at_once["bn0"][1], rtol=1e-4, atol=1e-6)
+
+
+def _fused_case():
+    # Full width (9 * C_in <= C_out in the first block only: patch-moment statistics
+    # there, reductions over z in the others), negative batch-norm scales in some
+    # channels (the min-pool branch), and a masked-out example.
+    params = conv4.init(jax.random.key(0), ways=5, channels=16, dtype=jnp.float64)
+    sign = jnp.where(jnp.arange(16) % 3 == 0, -1.0, 1.0)
+    for name in ("bn0", "bn2"):
+        params[name] = dict(params[name], scale=params[name]["scale"] * sign)
+    images = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1), jnp.float64)
+    return params, images, jnp.arange(6) < 5
+
+
+@pytest.mark.parametrize("mode", ["batch", "masked", "given_stats"])
+def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode):
+    # "im2col_fused" pools before the batch-norm affine map and takes the first
+    # block's statistics from the patches' moments: the same function, the same
+    # gradients of first and second order.
+    with jax.enable_x64(True):
+        params, images, mask = _fused_case()
+        kwargs = {"masked": dict(example_mask=mask)}.get(mode, {})
+        if mode == "given_stats":
+            kwargs = dict(batch_stats=conv4.population_stats(params, images[None]))
+
+        def loss(impl):
+            def f(p):
+                logits = conv4.apply(p, images, conv=impl, **kwargs)
+                return jnp.sum(jnp.sin(logits) * mask[:, None])
+
+            return f
+
+        def grad_norm(impl):  # a function of the gradient: second order
+            return lambda p: optax_norm(jax.grad(loss(impl))(p))
+
+        ref, fused = loss("im2col"), loss("im2col_fused")
+        np.testing.assert_allclose(ref(params), fused(params), rtol=1e-12)
+        chex.assert_trees_all_close(
+            jax.grad(fused)(params), jax.grad(ref)(params), rtol=1e-9, atol=1e-9
+        )
+        chex.assert_trees_all_close(
+            jax.grad(grad_norm("im2col_fused"))(params),
+            jax.grad(grad_norm("im2col"))(params),
+            rtol=1e-8,
+            atol=1e-8,
+        )
+        # The statistics it reports (what running averages are made of) are the same.
+        chex.assert_trees_all_close(
+            conv4.batch_statistics(params, images, conv="im2col_fused"),
+            conv4.batch_statistics(params, images, conv="im2col"),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_fused_maml_meta_gradient_equals_plain_convolutions_task_by_task():
+    with jax.enable_x64(True):
+        params, tasks = _tiny_float64_tasks()
+        chex.assert_trees_all_close(
+            _meta_grads("im2col_fused", params, tasks, vmapped=True),
+            _meta_grads("xla", params, tasks, vmapped=False),
+            rtol=1e-8,
+            atol=1e-10,
+        )

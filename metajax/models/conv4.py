@@ -78,7 +78,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-ConvImpl = Literal["auto", "xla", "im2col", "im2col_vjp"]
+ConvImpl = Literal["auto", "xla", "im2col", "im2col_vjp", "im2col_fused"]
 BN_EPS = 1e-5
 
 
@@ -227,6 +227,58 @@ def update_running_stats(
     return new
 
 
+def _fused_block(x, conv_params, bn_params, example_mask, stats):
+    """One conv4 block, ``"im2col_fused"``: pooled before the batch-norm affine map.
+
+    The same function as conv -> batch norm -> max-pool -> ReLU, arranged so that no
+    full-resolution tensor but the convolution's output is ever written:
+
+    * Batch norm with fixed statistics is the per-channel affine map ``a * z + c``
+      of the convolution ``z`` (``a = scale / sqrt(var + eps)``), and a max over a
+      window commutes with it: ``max(a z + c) = a max(z) + c`` where ``a >= 0`` and
+      ``a min(z) + c`` where ``a < 0``. So ``z`` is pooled (max and min) first and the
+      affine map and ReLU run at a quarter of the size; in the backward pass the
+      gradients of ``a`` and ``c`` are quarter-size sums too, and ``z``'s gradient is
+      one pass.
+    * When the patches are narrower than the output (``9 * C_in <= C_out``: the
+      grayscale first layer, 9 against 64), the batch statistics come from the
+      patches' moments instead of a reduction over ``z``: ``mean = mu_P W + b`` and
+      ``var = w_c^T Cov_P w_c`` per channel, with ``Cov_P`` the ``[9 C_in, 9 C_in]``
+      (centred) covariance of the patches.
+
+    Returns:
+      ``(pooled activations, (mean, var))``, the statistics it normalised with.
+    """
+    n, h, wd, c_in = x.shape
+    w, b = conv_params["w"], conv_params["b"]
+    patches = _patches(x)
+    kernel = w.reshape(9 * c_in, -1)
+    z = jnp.dot(patches, kernel)  # [N*H*W, C_out], without the bias
+    if stats is not None:
+        mean, var = stats
+    elif 9 * c_in <= kernel.shape[1]:
+        if example_mask is None:
+            mu = jnp.mean(patches, axis=0)
+            centred = patches - mu
+            cov = jnp.dot(centred.T, centred) / patches.shape[0]
+        else:
+            m = jnp.repeat(example_mask.astype(x.dtype), h * wd)[:, None]
+            count = jnp.maximum(jnp.sum(m), 1.0)
+            mu = jnp.sum(patches * m, axis=0) / count
+            centred = (patches - mu) * m
+            cov = jnp.dot(centred.T, centred) / count
+        mean = mu @ kernel + b
+        var = jnp.maximum(jnp.einsum("kc,kl,lc->c", kernel, cov, kernel), 0.0)
+    else:
+        z_mean, var = _moments(z.reshape(n, h, wd, -1), example_mask)
+        mean = z_mean + b
+    a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
+    shift = bn_params["bias"] + a * (b - mean)  # batch norm of z + b is a * z + shift
+    z = z.reshape(n, h, wd, -1)
+    pooled = jnp.where(a >= 0, max_pool_2x2(z), -max_pool_2x2(-z))
+    return jax.nn.relu(a * pooled + shift), (mean, var)
+
+
 def resolve_conv(impl: ConvImpl) -> ConvImpl:
     """The formulation ``"auto"`` stands for on the default backend; others unchanged."""
     if impl == "auto":
@@ -252,9 +304,12 @@ def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "auto") -
         y = _im2col_conv(x, w)
     elif impl == "im2col_vjp":
         y = _im2col_conv_vjp(x, w)
+    elif impl == "im2col_fused":  # the convolution alone is im2col's
+        y = _im2col_conv(x, w)
     else:
         raise ValueError(
-            f"conv impl must be 'auto', 'xla', 'im2col' or 'im2col_vjp', got {impl!r}."
+            "conv impl must be 'auto', 'xla', 'im2col', 'im2col_vjp' or 'im2col_fused', "
+            f"got {impl!r}."
         )
     return y + b
 
@@ -397,7 +452,14 @@ def _forward(params, images, conv, example_mask, batch_stats):
         raise ValueError(f"conv4 expects images [N, H, W, C]; got shape {x.shape}.")
     blocks = sum(1 for k in params if k.startswith("conv"))
     used = {}
+    fused = resolve_conv(conv) == "im2col_fused"
     for i in range(blocks):
+        if fused:
+            stats = None if batch_stats is None else batch_stats[f"bn{i}"]
+            x, used[f"bn{i}"] = _fused_block(
+                x, params[f"conv{i}"], params[f"bn{i}"], example_mask, stats
+            )
+            continue
         x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], conv)
         if batch_stats is None:
             stats = _moments(x, example_mask)

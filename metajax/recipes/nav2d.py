@@ -136,7 +136,9 @@ class Nav2DTrain:
       meta_batch: tasks per meta-step (paper: 20).
       num_trajectories: episodes per inner step and for the outer loss (paper: 20).
       horizon: maximum episode length (paper: 100).
-      inner_lr: inner policy-gradient step size (paper: 0.1).
+      inner_lr: inner policy-gradient step size (paper: 0.1; the MAML code's 2D
+        navigation scripts, ``maml_examples/maml_trpo_point.py`` and
+        ``test_maml_point.py``, use 0.5 in training and for the first test step).
       inner_steps: inner steps in meta-training (paper: 1).
       outer_optimizer: ``adam`` (on the post-adaptation REINFORCE surrogate) or
         ``trpo`` (the paper's: a natural-gradient step inside a KL trust region,
