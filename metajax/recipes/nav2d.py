@@ -229,9 +229,7 @@ def make_policy(env, hidden: tuple[int, ...]) -> rl.Policy:
     return rl.gaussian_mlp_policy(env.observation_size, env.action_size, hidden, action_scale=scale)
 
 
-def build(
-    cfg: Nav2DTrain, inner_lr: float | None = None, num_trajectories: int | None = None
-):
+def build(cfg: Nav2DTrain, inner_lr: float | None = None, num_trajectories: int | None = None):
     """Returns ``(env, policy, learner)`` for a config (``inner_lr``, ``num_trajectories``:
     test-time overrides of the config's)."""
     env, _ = ENVS[cfg.env].make()
