@@ -133,7 +133,7 @@ def table(records: list[dict], facts: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["W1-so-1step", "W2-so-1step"])
-    parser.add_argument("--convs", nargs="+", default=["im2col", "im2col_vjp"])
+    parser.add_argument("--convs", nargs="+", default=["im2col", "im2col_fused", "im2col_vjp"])
     parser.add_argument("--task-parallel", default="map")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=15)

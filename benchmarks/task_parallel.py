@@ -53,7 +53,10 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=["vmap", "map", "2", "4", "8", "auto"])
     parser.add_argument("--rounds-scale", type=float, default=1.0, help="scale the repeats")
     parser.add_argument(
-        "--conv", default="auto", choices=["auto", "im2col", "xla"], help="conv4 formulation"
+        "--conv",
+        default="auto",
+        choices=["auto", "im2col", "im2col_fused", "xla"],
+        help="conv4 formulation",
     )
     _bench.add_output_args(parser)
     args = parser.parse_args(argv)

@@ -25,8 +25,11 @@ non-transductive alternatives:
 
 Convolution formulations (``conv=``), numerically the same function:
 
-* ``"auto"`` (the default): ``"im2col"`` on CPU and GPU, ``"xla"`` on TPU
-  (:func:`resolve_conv`). Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
+* ``"auto"`` (the default): ``"im2col_fused"`` on CPU, ``"im2col"`` on GPU, ``"xla"`` on
+  TPU (:func:`resolve_conv`). On the 2-core CPU (2026-12-02, alternating rounds in one
+  process, ``benchmarks/results/conv_formulations_fused.md``) ``"im2col_fused"`` takes
+  the second-order W1 meta-step from 0.460 to 0.404 s and W2 from 2.491 to 1.830 s. It
+  has not been measured on a GPU, which keeps ``"im2col"``. Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
   1-shot, 1 query, conv4-64, meta-batch 32, second-order MAML, tasks vmapped;
   ``benchmarks/results/gpu/task_parallel_gpu*.md``): 3.34 ms per meta-step with
   im2col against 14.3 ms with ``"xla"``, whose per-task weights become grouped
@@ -40,6 +43,14 @@ Convolution formulations (``conv=``), numerically the same function:
 * ``"im2col"``: the 3x3 patches are gathered with nine static slices of the padded
   input and contracted with the ``[9 * C_in, C_out]`` kernel by one matmul.
   Under ``vmap`` per-task weights become a *batched matmul*.
+* ``"im2col_fused"``: ``"im2col"`` convolutions, with each block rearranged so that
+  only the convolution's output is written at full resolution (:func:`_fused_block`):
+  the max-pool runs before the batch-norm affine map (they commute, with the channels
+  of negative scale negated), and the grayscale first block takes its batch
+  statistics from the 9 x 9 covariance of its patches instead of two reductions over
+  its 28x28x64 output. On a W2 task (75 query images) the first block was about 40%
+  of the forward and backward pass, its batch norm, pool and ReLU more than its
+  convolution.
 * ``"im2col_vjp"``: ``"im2col"`` with a hand-written VJP whose input gradient is the
   convolution of the output gradient with the flipped, transposed kernel. The same
   function, and the same gradients of every order up to rounding
@@ -235,9 +246,9 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats):
 
     * Batch norm with fixed statistics is the per-channel affine map ``a * z + c``
       of the convolution ``z`` (``a = scale / sqrt(var + eps)``), and a max over a
-      window commutes with it: ``max(a z + c) = a max(z) + c`` where ``a >= 0`` and
-      ``a min(z) + c`` where ``a < 0``. So ``z`` is pooled (max and min) first and the
-      affine map and ReLU run at a quarter of the size; in the backward pass the
+      window commutes with it: ``max(a z + c) = |a| max(sign(a) z) + c``. So ``z``
+      (its channels of negative scale negated) is pooled first and the affine map and
+      ReLU run at a quarter of the size; in the backward pass the
       gradients of ``a`` and ``c`` are quarter-size sums too, and ``z``'s gradient is
       one pass.
     * When the patches are narrower than the output (``9 * C_in <= C_out``: the
@@ -274,15 +285,19 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats):
         mean = z_mean + b
     a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
     shift = bn_params["bias"] + a * (b - mean)  # batch norm of z + b is a * z + shift
+    # max(a z) = |a| max(sign(a) z): one pool, over z with the channels of negative
+    # scale negated (a max-pool and a min-pool selected by sign would send the
+    # backward pass through both).
+    sign = jnp.where(a >= 0, 1.0, -1.0).astype(z.dtype)
     z = z.reshape(n, h, wd, -1)
-    pooled = jnp.where(a >= 0, max_pool_2x2(z), -max_pool_2x2(-z))
-    return jax.nn.relu(a * pooled + shift), (mean, var)
+    pooled = max_pool_2x2(jnp.where(a >= 0, z, -z))
+    return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
 def resolve_conv(impl: ConvImpl) -> ConvImpl:
     """The formulation ``"auto"`` stands for on the default backend; others unchanged."""
     if impl == "auto":
-        return "xla" if jax.default_backend() == "tpu" else "im2col"
+        return {"cpu": "im2col_fused", "tpu": "xla"}.get(jax.default_backend(), "im2col")
     return impl
 
 
