@@ -81,14 +81,14 @@ def mlp_to_torch_names(grads: dict) -> dict:
 VERBOSE = False
 
 
-def check(workload: str, meta_batch: int) -> float:
+def check(workload: str, meta_batch: int, conv: str = "im2col") -> float:
     from torch_peers import get_workload, reference_meta_grad
 
     w = get_workload(workload)
     loss_ref, grads_ref, inputs, weights = reference_meta_grad(workload, meta_batch=meta_batch)
     if w["family"] == "omniglot":
         params = conv4_from_torch(weights)
-        loss_fn = classifier_loss("im2col")
+        loss_fn = classifier_loss(conv)
         to_torch = conv4_to_torch_names
         to_x = lambda x: jnp.asarray(x.transpose(0, 1, 3, 4, 2))  # [T, N, C, H, W] -> NHWC
         to_y = lambda y: jnp.asarray(y, jnp.int32)
@@ -144,8 +144,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--meta-batch", type=int, default=4)
     parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument(
+        "--convs", nargs="+", default=["im2col", "im2col_fused"], help="conv4 formulations"
+    )
     args = parser.parse_args(argv)
-    worst = max(check(w, args.meta_batch) for w in args.workloads)
+    worst = 0.0
+    for conv in args.convs:
+        print(f"conv4 formulation: {conv}")
+        worst = max([worst] + [check(w, args.meta_batch, conv) for w in args.workloads])
     print("OK" if worst < args.tolerance else "MISMATCH", f"(worst {worst:.2e})")
     return 0 if worst < args.tolerance else 1
 
