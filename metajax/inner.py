@@ -270,9 +270,7 @@ def adapt(
     """
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"inner steps must be a non-negative Python int, got {steps!r}.")
-    if isinstance(unroll, bool):
-        pass
-    elif not isinstance(unroll, int) or unroll < 1:
+    if not isinstance(unroll, bool) and (not isinstance(unroll, int) or unroll < 1):
         raise ValueError(f"unroll must be a positive int or a bool, got {unroll!r}.")
     if backprop_steps is not None and not 0 <= backprop_steps <= steps:
         raise ValueError(f"backprop_steps must be in [0, steps={steps}], got {backprop_steps}.")

@@ -289,8 +289,7 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats):
     # scale negated (a max-pool and a min-pool selected by sign would send the
     # backward pass through both).
     sign = jnp.where(a >= 0, 1.0, -1.0).astype(z.dtype)
-    z = z.reshape(n, h, wd, -1)
-    pooled = max_pool_2x2(jnp.where(a >= 0, z, -z))
+    pooled = max_pool_2x2(z.reshape(n, h, wd, -1) * sign)
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
