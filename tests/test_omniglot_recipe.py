@@ -21,16 +21,18 @@ except FileNotFoundError:
 
 pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="Omniglot not found (METAJAX_DATA_DIR)")
 
+# One configuration for the training tests, running statistics included (checkpointed
+# state that is not a parameter): its train step compiles once per test process
+# (the persistent compilation cache) and the resume test reuses it.
 TINY = dict(
     ways=5,
     shots=1,
-    channels=16,
+    channels=8,
     meta_batch=8,
     inner_lr=0.4,
-    log_every=10,
     eval_every=0,
-    checkpoint_every=10,
     progress=False,
+    running_stats=True,
 )
 
 
@@ -38,13 +40,18 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
     workdir = str(tmp_path / "run")
     # Running statistics are tracked (they do not change what is learned), for the
     # non-transductive evaluation below.
-    omniglot.train(omniglot.OmniglotTrain(workdir=workdir, steps=30, running_stats=True, **TINY))
+    omniglot.train(
+        omniglot.OmniglotTrain(
+            workdir=workdir, steps=20, log_every=5, checkpoint_every=10, **TINY
+        )
+    )
     records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
-    assert records[-1]["step"] == 30
-    # Each record is one meta-batch of 8 tasks x 5 queries (noisy): average the
-    # three (steps 10, 20, 30). Chance is 0.2.
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    # Each record is one meta-batch of 8 tasks x 5 queries (noisy): average the last
+    # three. Chance is 0.2.
     recent = np.mean([r["query_accuracy"] for r in records[-3:]])
     assert recent > 0.3, records[-3:]
+    # Two settings through one padded program: the trained one and more shots.
     assert (
         cli.main(
             [
@@ -58,26 +65,24 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
                 "20",
                 "--inner-steps",
                 "2",
+                "--shots",
+                "1",
+                "3",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
     assert "5-way 1-shot test accuracy after 2 inner step(s)" in out
+    assert "5-way 3-shot test accuracy after 2 inner step(s)" in out
     result = json.load(open(f"{workdir}/eval_test.json"))
-    acc = result["accuracy_after_step"]
-    assert len(acc) == 3 and acc[-1] > 0.3 and acc[-1] > acc[0]
     assert result["split_checksum"] == omniglot.omniglot_data.EXPECTED_CHECKSUMS[("maml", "test")]
-
-    # Several settings through one padded program: the trained setting gives exactly
-    # the unpadded accuracies, and more shots help.
-    padded = omniglot.evaluate(
-        omniglot.OmniglotEval(workdir=workdir, episodes=40, batch=20, inner_steps=2, shots=(1, 3))
-    )
-    by_setting = {(r["ways"], r["shots"]): r for r in padded["settings"]}
+    by_setting = {(r["ways"], r["shots"]): r for r in result["settings"]}
     assert sorted(by_setting) == [(5, 1), (5, 3)]
-    np.testing.assert_allclose(by_setting[(5, 1)]["accuracy_after_step"], acc, atol=1e-6)
-    assert by_setting[(5, 3)]["accuracy_after_step"][-1] > acc[-1]
+    acc = by_setting[(5, 1)]["accuracy_after_step"]
+    assert len(acc) == 3 and acc[-1] > 0.3 and acc[-1] > acc[0]
+    assert by_setting[(5, 3)]["accuracy_after_step"][-1] > acc[-1]  # more shots help
+    # (That padding changes no accuracy is test_episodes' and test_conv4's subject.)
 
     # Non-transductive evaluation with population batch-norm statistics runs and
     # differs from transductive evaluation. (Its accuracy after adaptation is near
@@ -109,14 +114,7 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    tiny = {
-        **TINY,
-        "channels": 8,
-        "meta_batch": 4,
-        "checkpoint_every": 4,
-        "log_every": 4,
-        "running_stats": True,  # checkpointed state that is not a parameter
-    }
+    tiny = {**TINY, "checkpoint_every": 4, "log_every": 4}
     straight = omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "a"), steps=8, **tiny))
     omniglot.train(omniglot.OmniglotTrain(workdir=str(tmp_path / "b"), steps=4, **tiny))
     # The resumed run compiles nothing: its step is the same program as the first
@@ -144,6 +142,7 @@ def test_protonet_trains_on_more_ways_than_it_is_tested_on(tmp_path):
     # fixes the ways, so evaluation may use more ways than training too.
     workdir = str(tmp_path / "proto")
     cfg = {**TINY, "channels": 4, "meta_batch": 1, "checkpoint_every": 2, "log_every": 2}
+    cfg["running_stats"] = False
     omniglot.train(
         omniglot.OmniglotTrain(
             workdir=workdir, algorithm="protonet", steps=2, **{**cfg, "ways": 10}
