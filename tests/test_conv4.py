@@ -177,13 +177,14 @@ def test_bad_image_rank_is_a_clear_error(setup):
 
 def test_population_stats_of_one_batch_are_its_batch_stats(setup):
     params, images = setup
-    stats = conv4.population_stats(params, images[None])
+    apply = jax.jit(conv4.apply)  # eager, every small op compiles apart
+    stats = jax.jit(conv4.population_stats)(params, images[None])
     np.testing.assert_allclose(
-        conv4.apply(params, images, batch_stats=stats), conv4.apply(params, images), atol=1e-5
+        apply(params, images, batch_stats=stats), apply(params, images), atol=1e-5
     )
     # with fixed statistics an example's logits no longer depend on its batch
-    alone = conv4.apply(params, images[:3], batch_stats=stats)
-    np.testing.assert_allclose(alone, conv4.apply(params, images, batch_stats=stats)[:3], atol=1e-5)
+    alone = apply(params, images[:3], batch_stats=stats)
+    np.testing.assert_allclose(alone, apply(params, images, batch_stats=stats)[:3], atol=1e-5)
 
 
 def test_population_variance_is_the_total_variance():
@@ -219,31 +220,25 @@ def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode):
         if mode == "given_stats":
             kwargs = dict(batch_stats=conv4.population_stats(params, images[None]))
 
-        def loss(impl):
-            def f(p):
-                logits = conv4.apply(p, images, conv=impl, **kwargs)
-                return jnp.sum(jnp.sin(logits) * mask[:, None])
+        @jax.jit  # one program per mode (eager, every primitive is compiled apart)
+        def outputs(p):
+            out = {}
+            for impl in ("im2col", "im2col_fused"):
 
-            return f
+                def f(p, impl=impl):
+                    logits = conv4.apply(p, images, conv=impl, **kwargs)
+                    return jnp.sum(jnp.sin(logits) * mask[:, None])
 
-        def grad_norm(impl):  # a function of the gradient: second order
-            return lambda p: optax.tree.norm(jax.grad(loss(impl))(p))
+                grad_norm = lambda p, f=f: optax.tree.norm(jax.grad(f)(p))  # second order
+                stats = conv4.batch_statistics(p, images, conv=impl)
+                out[impl] = (f(p), jax.grad(f)(p), jax.grad(grad_norm)(p), stats)
+            return out
 
-        ref, fused = loss("im2col"), loss("im2col_fused")
-        np.testing.assert_allclose(ref(params), fused(params), rtol=1e-12)
-        chex.assert_trees_all_close(
-            jax.grad(fused)(params), jax.grad(ref)(params), rtol=1e-9, atol=1e-9
-        )
-        chex.assert_trees_all_close(
-            jax.grad(grad_norm("im2col_fused"))(params),
-            jax.grad(grad_norm("im2col"))(params),
-            rtol=1e-8,
-            atol=1e-8,
-        )
+        out = outputs(params)
+        ref, ref_grad, ref_second, ref_stats = out["im2col"]
+        fused, fused_grad, fused_second, fused_stats = out["im2col_fused"]
+        np.testing.assert_allclose(fused, ref, rtol=1e-12)
+        chex.assert_trees_all_close(fused_grad, ref_grad, rtol=1e-9, atol=1e-9)
+        chex.assert_trees_all_close(fused_second, ref_second, rtol=1e-8, atol=1e-8)
         # The statistics it reports (what running averages are made of) are the same.
-        chex.assert_trees_all_close(
-            conv4.batch_statistics(params, images, conv="im2col_fused"),
-            conv4.batch_statistics(params, images, conv="im2col"),
-            rtol=1e-10,
-            atol=1e-12,
-        )
+        chex.assert_trees_all_close(fused_stats, ref_stats, rtol=1e-10, atol=1e-12)

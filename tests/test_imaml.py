@@ -26,6 +26,7 @@ def _quadratic_setup():
     return params, task
 
 
+@jax.jit  # eager, every small op of the Hessian compiles apart (seconds)
 def _closed_form(params, task, lam):
     """phi* and the exact meta-gradient lam (H + lam I)^-1 grad L_q(phi*) of a quadratic."""
     theta, unravel = ravel_pytree(params)
@@ -71,9 +72,14 @@ def test_damped_system_is_the_released_codes():
         )
         phi_star, _ = _closed_form(params, task, lam)
         theta, unravel = ravel_pytree(params)
-        h = jax.hessian(lambda f: LOSS(unravel(f), task.support)[0])(phi_star)
-        g = jax.grad(lambda f: LOSS(unravel(f), task.query)[0])(phi_star)
-        expected = jnp.linalg.solve((1 + d) * jnp.eye(theta.size) + h / (lam + ld), g)
+
+        @jax.jit
+        def solve(phi):
+            h = jax.hessian(lambda f: LOSS(unravel(f), task.support)[0])(phi)
+            g = jax.grad(lambda f: LOSS(unravel(f), task.query)[0])(phi)
+            return jnp.linalg.solve((1 + d) * jnp.eye(theta.size) + h / (lam + ld), g)
+
+        expected = solve(phi_star)
         damped = jax.jit(jax.grad(lambda p: learner.loss(p, task)[0]))(params)
         np.testing.assert_allclose(ravel_pytree(damped)[0], expected, rtol=1e-8, atol=1e-12)
 

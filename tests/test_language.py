@@ -280,16 +280,18 @@ def test_transformer_heads_padding_and_adapt_subsets():
         vocab_size=20, num_classes=3, width=16, depth=2, heads=2, mlp_dim=32, max_len=8
     )
     tokens = jnp.array([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]], jnp.int32)
-    params = model.init(jax.random.key(0), tokens)
-    chex.assert_shape(model.apply(params, tokens, method=model.mlm), (2, 5, 20))
-    chex.assert_shape(model.apply(params, tokens, method=model.features), (2, 16))
+    # Jitted (eager, every small op of the transformer compiles apart).
+    params = jax.jit(model.init)(jax.random.key(0), tokens)
+    apply = jax.jit(model.apply, static_argnames="method")
+    chex.assert_shape(apply(params, tokens, method="mlm"), (2, 5, 20))
+    chex.assert_shape(apply(params, tokens, method="features"), (2, 16))
     # Zero-initialised classification head: every class equally likely at first.
-    np.testing.assert_array_equal(model.apply(params, tokens, method=model.classify), 0.0)
+    np.testing.assert_array_equal(apply(params, tokens, method="classify"), 0.0)
     # Padding changes nothing: more padding, same features.
     longer = jnp.pad(tokens, ((0, 0), (0, 3)))
     np.testing.assert_allclose(
-        model.apply(params, longer, method=model.features),
-        model.apply(params, tokens, method=model.features),
+        apply(params, longer, method="features"),
+        apply(params, tokens, method="features"),
         atol=1e-5,
     )
     last = adapt_mask(params, adapt_subset("last", 2))["params"]
@@ -307,14 +309,14 @@ def test_transformer_heads_padding_and_adapt_subsets():
         max_len=8,
         adapter_rank=4,
     )
-    p2 = with_adapters.init(jax.random.key(0), tokens)
+    p2 = jax.jit(with_adapters.init)(jax.random.key(0), tokens)
     mask = adapt_mask(p2, adapt_subset("adapters", 2))["params"]
     assert all(jax.tree.leaves(mask["block_0"]["adapter_up"]))
     assert not any(jax.tree.leaves(mask["block_0"]["attn"]))
     # Zero-initialised adapters: the same function as without them.
     np.testing.assert_allclose(
-        with_adapters.apply(p2, tokens, method=with_adapters.mlm),
-        model.apply(params, tokens, method=model.mlm),
+        jax.jit(with_adapters.apply, static_argnames="method")(p2, tokens, method="mlm"),
+        apply(params, tokens, method="mlm"),
         atol=1e-5,
     )
 

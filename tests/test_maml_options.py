@@ -87,13 +87,13 @@ def test_per_step_parameters_are_row_k_after_k_inner_steps():
         view = {**theta, "body": {**theta["body"], "c": theta["body"]["c"][steps]}}
         return LOSS(view, task.query)[0]
 
-    loss, _ = learner.loss(meta, task)
-    np.testing.assert_allclose(loss, by_hand(meta), rtol=1e-6)
+    loss, _ = jax.jit(learner.loss)(meta, task)
+    np.testing.assert_allclose(loss, jax.jit(by_hand)(meta), rtol=1e-6)
     chex.assert_trees_all_close(
-        _grad(learner, meta, task), jax.grad(by_hand)(meta), rtol=1e-5, atol=1e-7
+        _grad(learner, meta, task), jax.jit(jax.grad(by_hand))(meta), rtol=1e-5, atol=1e-7
     )
     # The adapted parameters are what the model sees after the last step.
-    adapted, _ = learner.adapt(meta, task.support)
+    adapted, _ = jax.jit(learner.adapt)(meta, task.support)
     assert adapted["body"]["c"].shape == (4,)
     # More steps than trained (evaluation) reuse the last row.
     view = mj.inner.select_step(meta, mj.inner.adapt_mask(meta, "c"), 7)

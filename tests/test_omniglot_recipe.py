@@ -41,9 +41,7 @@ def test_few_steps_on_real_data_beat_chance_and_cli_eval_reports_ci(tmp_path, ca
     # Running statistics are tracked (they do not change what is learned), for the
     # non-transductive evaluation below.
     omniglot.train(
-        omniglot.OmniglotTrain(
-            workdir=workdir, steps=20, log_every=5, checkpoint_every=10, **TINY
-        )
+        omniglot.OmniglotTrain(workdir=workdir, steps=20, log_every=5, checkpoint_every=10, **TINY)
     )
     records = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
