@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import chex
@@ -122,8 +123,13 @@ def tiny_nav2d():
     return cfg, learner, state, sampler
 
 
-def test_maml_rl_trust_region_objectives_match_the_reinforce_meta_gradient(tiny_nav2d):
-    _, learner, state, sampler = tiny_nav2d
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_maml_rl_trust_region_objectives_match_the_reinforce_meta_gradient(tiny_nav2d, inner_steps):
+    # With two inner steps the replay runs the second on the stored episodes of the
+    # once-adapted policy: still exactly the sampled adaptation at theta.
+    cfg, learner, state, sampler = tiny_nav2d
+    if inner_steps != cfg.inner_steps:
+        _, _, learner = nav2d.build(dataclasses.replace(cfg, inner_steps=inner_steps))
     tasks = jax.vmap(sampler)(jax.random.split(jax.random.key(1), 3))
     theta = state.meta_params
     objectives = learner.trust_region
