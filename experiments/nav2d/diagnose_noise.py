@@ -46,21 +46,33 @@ def main():
             stds.append(scale * jnp.exp(params["log_std"]))
             quiet = dict(params, log_std=jnp.full_like(params["log_std"], -30.0))
             greedy.append(learner.adapt(quiet, task, steps=0)[1].returns[0])
-        return (result.returns, reached.mean(-1), length.mean(-1), jnp.stack(stds), jnp.stack(greedy))
+        return (
+            result.returns,
+            reached.mean(-1),
+            length.mean(-1),
+            jnp.stack(stds),
+            jnp.stack(greedy),
+        )
 
     returns, reached, length, stds, greedy = map(np.asarray, jax.lax.map(one, tasks))
     n = returns.shape[0]
-    print(f"run {args.workdir} (meta-step {int(state.step)}), {n} goals, seed {args.seed}, "
-          f"later lr scale {args.later_lr_scale}")
-    print("| inner steps | action std (x, y) | episodes reaching the goal | mean episode length "
-          "| return (sampled) | return (mean action) |")
+    print(
+        f"run {args.workdir} (meta-step {int(state.step)}), {n} goals, seed {args.seed}, "
+        f"later lr scale {args.later_lr_scale}"
+    )
+    print(
+        "| inner steps | action std (x, y) | episodes reaching the goal | mean episode length "
+        "| return (sampled) | return (mean action) |"
+    )
     print("|---|---|---|---|---|---|")
     for k in range(args.steps + 1):
         ci = lambda a: 1.96 * a.std(ddof=1) / math.sqrt(n)
-        print(f"| {k} | {stds[:, k, 0].mean():.4f}, {stds[:, k, 1].mean():.4f} "
-              f"| {100 * reached[:, k].mean():.1f}% | {length[:, k].mean():.1f} "
-              f"| {returns[:, k].mean():.2f} ± {ci(returns[:, k]):.2f} "
-              f"| {greedy[:, k].mean():.2f} ± {ci(greedy[:, k]):.2f} |")
+        print(
+            f"| {k} | {stds[:, k, 0].mean():.4f}, {stds[:, k, 1].mean():.4f} "
+            f"| {100 * reached[:, k].mean():.1f}% | {length[:, k].mean():.1f} "
+            f"| {returns[:, k].mean():.2f} ± {ci(returns[:, k]):.2f} "
+            f"| {greedy[:, k].mean():.2f} ± {ci(greedy[:, k]):.2f} |"
+        )
 
 
 if __name__ == "__main__":
