@@ -22,7 +22,8 @@ from metajax.recipes import omniglot
     [
         pytest.param("maml++", marks=pytest.mark.slow),
         pytest.param("imaml", marks=pytest.mark.slow),
-        "protonet",
+        # (The protonet recipe trains and evaluates in test_omniglot_recipe too.)
+        pytest.param("protonet", marks=pytest.mark.slow),
     ],
 )
 def test_recipe_learner_trains_and_evaluates(algorithm):
