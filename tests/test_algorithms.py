@@ -119,13 +119,8 @@ def jit_meta_grad(learner):
 # --- closed-form oracle -------------------------------------------------------------
 
 
-def _linear_oracle(name, params, task, lr):
-    """``_linear_oracle_flat`` and the unravel function of ``params``."""
-    return _linear_oracle_flat(name, params, task, lr), ravel_pytree(params)[1]
-
-
 @functools.partial(jax.jit, static_argnums=0)  # eager, the Hessian's ops compile apart
-def _linear_oracle_flat(name, params, task, lr):
+def _linear_oracle(name, params, task, lr):
     """The one-step meta-gradient of a linear model, from its Hessian.
 
     theta' = theta - lr * P grad L_s(theta) with P the adapting coordinates
@@ -201,10 +196,10 @@ def test_closed_form_oracle_linear_regression(name):
             loss, _ = learner.loss(meta, task)
             np.testing.assert_allclose(loss, _protonet_reference_loss(params, task), rtol=1e-12)
             return
-        expected, unravel = _linear_oracle(name, params, task, INNER_LR)
+        expected = _linear_oracle(name, params, task, INNER_LR)
         got_params = got["params"] if isinstance(got, dict) and "params" in got else got
         np.testing.assert_allclose(ravel_pytree(got_params)[0], expected, rtol=1e-9, atol=1e-12)
-        flat, _ = ravel_pytree(params)
+        flat, unravel = ravel_pytree(params)
         ls = lambda f: mj.make_loss(linear_apply, mj.squared_error)(unravel(f), task.support)[0]
         lq = lambda f: mj.make_loss(linear_apply, mj.squared_error)(unravel(f), task.query)[0]
         g_s = jax.jit(jax.grad(ls))(flat)

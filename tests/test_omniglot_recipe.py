@@ -140,7 +140,7 @@ def test_protonet_trains_on_more_ways_than_it_is_tested_on(tmp_path):
     # fixes the ways, so evaluation may use more ways than training too.
     workdir = str(tmp_path / "proto")
     cfg = {**TINY, "channels": 4, "meta_batch": 1, "checkpoint_every": 2, "log_every": 2}
-    cfg["running_stats"] = False
+    cfg.update(running_stats=False)  # (TINY tracks them)
     omniglot.train(
         omniglot.OmniglotTrain(
             workdir=workdir, algorithm="protonet", steps=2, **{**cfg, "ways": 10}

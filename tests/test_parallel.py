@@ -23,11 +23,11 @@ import pytest
 
 from metajax import parallel
 
+from conftest import FAST_COMPILE
+
 HELPERS = Path(__file__).resolve().parent / "multidevice"
 ROOT = HELPERS.parents[1]
 TIMEOUT_S = 300
-# Compile faster: these tests compare programs with each other, not with other flags.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 EIGHT_DEVICE_CHECKS = [
     "check_explicit_batch_equals_single_device_and_is_padded",
     "check_explicit_batch_is_sharded",
@@ -40,7 +40,9 @@ EIGHT_DEVICE_CHECKS = [
 
 def _env(num_devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"
+    # Compile faster (conftest's flags): these tests compare programs with each other.
+    flags = " ".join(FAST_COMPILE)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {flags}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
