@@ -82,11 +82,15 @@ def test_running_statistics_classify_each_example_on_its_own():
 @pytest.mark.parametrize("per_step", [False, True], ids=["shared", "per-step"])
 def test_train_step_keeps_the_moving_average_of_every_forward_pass(per_step):
     """Row k is the support batch after k inner steps, row K the query after K; the
-    EMA uses the task weights; the learned model is exactly the untracked one."""
+    EMA uses the task weights; the learned model is the untracked one.
+
+    (Up to float rounding: the tracked and untracked steps are different compiled
+    programs. The outer optimizer is SGD because Adam turns rounding-level gradients,
+    such as those of the conv biases that batch norm cancels, into full-size steps.)"""
     steps, momentum = 2, 0.3
     learner = _learner(per_step, steps)
     tracker = mj.running_stats.track(learner, _stats, conv4.update_running_stats, momentum=momentum)
-    outer = optax.adam(1e-2)
+    outer = optax.sgd(1e-1)
     state = mj.init_train_state(learner, _params(), outer, jax.random.key(2))
     tasks = _tasks()
     weights = jnp.array([1.0, 0.0, 3.0])
@@ -114,16 +118,19 @@ def test_train_step_keeps_the_moving_average_of_every_forward_pass(per_step):
                 tracked.meta_params[name][key], (1 - momentum) * old + momentum * batch, atol=1e-5
             )
             assert tracked.meta_params[name][key].shape == ((steps + 1, 4) if per_step else (4,))
-            # Without tracking (zero gradient, zero Adam update) they do not move.
+            # Without tracking (zero gradient, zero update) they do not move.
             np.testing.assert_array_equal(plain.meta_params[name][key], old)
     stats_mask = conv4.running_stats_mask(tracked.meta_params)
-    unchanged = jax.tree.map(
-        lambda is_stat, a, b: True if is_stat else bool(jnp.array_equal(a, b)),
-        stats_mask,
-        tracked.meta_params,
-        plain.meta_params,
-    )
-    assert all(jax.tree.leaves(unchanged))
+    moved = False
+    for is_stat, a, b, old in zip(
+        *map(
+            jax.tree.leaves, (stats_mask, tracked.meta_params, plain.meta_params, state.meta_params)
+        )
+    ):
+        if not is_stat:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+            moved |= not np.allclose(b, old, rtol=0, atol=1e-4)
+    assert moved  # the comparison above is between trained parameters
 
 
 def test_evaluation_with_running_statistics_uses_row_k_after_k_steps():
