@@ -11,7 +11,9 @@ Usage:
       --peers learn2learn --iters 5 --out benchmarks/results/omniglot_vs_peers.jsonl
 
 metajax's worker calls :func:`metajax.tune_host_allocator` (see :mod:`metajax.runtime`:
-without it every step page-faults its temporary buffers afresh). For a fair
+without it every step page-faults its temporary buffers afresh) and
+:func:`metajax.tune_xla_cpu`, as the CLI does (``--xla-cpu both`` times it with and
+without). For a fair
 comparison the peers run both with glibc's default allocator and with the same
 tuning through glibc's environment variables (``--peer-allocator``).
 
@@ -42,6 +44,7 @@ def time_metajax(
     conv: str,
     task_parallel: str = "vmap",
     tune_allocator: bool = True,
+    tune_xla: bool = True,
 ) -> dict:
     """Times metajax's jitted train step on one workload, in this process."""
     import resource
@@ -54,6 +57,7 @@ def time_metajax(
     import metajax as mj
     from metajax.models import conv4
 
+    xla_tuned = mj.tune_xla_cpu() if tune_xla else False  # before the first array
     tuned = mj.tune_host_allocator() if tune_allocator else False
     w = get_workload(workload_name)
     if w["family"] != "omniglot":
@@ -90,6 +94,7 @@ def time_metajax(
         "workload": workload_name,
         "conv": conv4.resolve_conv(conv),
         "allocator": "tuned" if tuned else "default",
+        "xla_cpu": "tuned" if xla_tuned else "default",
         "task_parallel": task_parallel,
         "sec_per_step_median": med,
         "sec_per_step_iqr": float(q75 - q25),
@@ -106,7 +111,14 @@ def time_metajax(
 
 
 def run_metajax_isolated(
-    workload: str, *, warmup: int, iters: int, conv: str, task_parallel: str, tune_allocator: bool
+    workload: str,
+    *,
+    warmup: int,
+    iters: int,
+    conv: str,
+    task_parallel: str,
+    tune_allocator: bool,
+    tune_xla: bool = True,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -124,6 +136,8 @@ def run_metajax_isolated(
     ]
     if not tune_allocator:
         cmd.append("--default-allocator")
+    if not tune_xla:
+        cmd += ["--xla-cpu", "default"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -170,6 +184,12 @@ def main(argv=None) -> int:
         help="do not call metajax.tune_host_allocator in the metajax worker",
     )
     parser.add_argument(
+        "--xla-cpu",
+        choices=["default", "tuned", "both"],
+        default="tuned",
+        help="time metajax with metajax.tune_xla_cpu (as the CLI runs), without it, or both",
+    )
+    parser.add_argument(
         "--peer-allocator",
         choices=["default", "tuned", "both"],
         default="both",
@@ -194,6 +214,7 @@ def main(argv=None) -> int:
             conv=args.conv,
             task_parallel=mode,
             tune_allocator=not args.default_allocator,
+            tune_xla=args.xla_cpu != "default",
         )
         print(json.dumps(record))
         return 0
@@ -218,17 +239,20 @@ def main(argv=None) -> int:
                 f.write(json.dumps({**r, **machine}) + "\n")
 
     for workload in args.workloads:
+        xla_modes = {"default": [False], "tuned": [True], "both": [False, True]}[args.xla_cpu]
         for mode in args.task_parallel:
-            record(
-                run_metajax_isolated(
-                    workload,
-                    warmup=args.warmup,
-                    iters=args.iters,
-                    conv=args.conv,
-                    task_parallel=mode,
-                    tune_allocator=not args.default_allocator,
+            for tune_xla in xla_modes:
+                record(
+                    run_metajax_isolated(
+                        workload,
+                        warmup=args.warmup,
+                        iters=args.iters,
+                        conv=args.conv,
+                        task_parallel=mode,
+                        tune_allocator=not args.default_allocator,
+                        tune_xla=tune_xla,
+                    )
                 )
-            )
         for peer in args.peers or []:
             for tuned in peer_modes:
                 record(
@@ -270,6 +294,8 @@ def main(argv=None) -> int:
             if r["peer"] == "metajax" and r.get("task_parallel", "vmap") != "vmap":
                 library += f" (task_parallel={r['task_parallel']})"
             library += f", {r.get('allocator', 'default')} allocator"
+            if r["peer"] == "metajax":
+                library += f", {r.get('xla_cpu', 'default')} XLA:CPU flags"
             print(
                 f"| {workload} | {library} | {r['sec_per_step_median']:.3f} "
                 f"(±{r['sec_per_step_iqr']:.3f}) | {r['tasks_per_s']:.1f} | "

@@ -40,7 +40,7 @@ from metajax.losses import (
     weighted_mean,
 )
 from metajax.running_stats import RunningStats
-from metajax.runtime import enable_compilation_cache, tune_host_allocator
+from metajax.runtime import enable_compilation_cache, tune_host_allocator, tune_xla_cpu
 from metajax.tasks import Batch, Task
 from metajax.train import (
     TrainState,
@@ -98,5 +98,6 @@ __all__ = [
     "squared_error",
     "enable_compilation_cache",
     "tune_host_allocator",
+    "tune_xla_cpu",
     "weighted_mean",
 ]

@@ -92,3 +92,35 @@ def test_compilation_cache_can_be_disabled(tmp_path):
     lines = _run_cache_script({"METAJAX_CACHE_DIR": "0", "XDG_CACHE_HOME": str(tmp_path)})
     assert lines == ["None", "None", "64.0", "False"]
     assert not (tmp_path / "metajax").exists()
+
+
+def test_tune_xla_cpu_adds_its_flag_only_before_the_backends_start(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from metajax import runtime
+
+    jnp.zeros(1).block_until_ready()  # this process's backends have started
+    measured = tuple(int(p) for p in jax.__version__.split(".")[:2]) in (
+        runtime._XLA_CPU_FLAG_RELEASES
+    )
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    assert runtime.tune_xla_cpu() is False  # too late: flags were read at start
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+    # Before the backends start (pretended), on a measured release, it appends the flag.
+    monkeypatch.setattr(jax._src.xla_bridge, "backends_are_initialized", lambda: False)
+    assert runtime.tune_xla_cpu() is measured
+    if measured:
+        assert os.environ["XLA_FLAGS"].split() == [
+            "--xla_force_host_platform_device_count=1",
+            runtime.XLA_CPU_FLAG,
+        ]
+        assert runtime.tune_xla_cpu() is True  # idempotent
+        assert os.environ["XLA_FLAGS"].count(runtime.XLA_CPU_FLAG) == 1
+    # The user's own setting of the flag, or METAJAX_TUNE_XLA=0, wins.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert runtime.tune_xla_cpu() is False
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_fusion_emitters=true"
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setenv("METAJAX_TUNE_XLA", "0")
+    assert runtime.tune_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
