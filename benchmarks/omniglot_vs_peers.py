@@ -165,6 +165,10 @@ def run_peer_isolated(
     return {**result, "allocator": "tuned" if tuned else "default"}
 
 
+#: Which settings ("tuned" or not) a --peer-allocator / --xla-cpu choice times.
+TUNED_SETTINGS = {"default": [False], "tuned": [True], "both": [False, True]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["W1-so-1step", "W2-so-1step"])
@@ -219,7 +223,8 @@ def main(argv=None) -> int:
         print(json.dumps(record))
         return 0
 
-    peer_modes = {"default": [False], "tuned": [True], "both": [False, True]}[args.peer_allocator]
+    peer_modes = TUNED_SETTINGS[args.peer_allocator]
+    xla_modes = TUNED_SETTINGS[args.xla_cpu]
     machine = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -239,7 +244,6 @@ def main(argv=None) -> int:
                 f.write(json.dumps({**r, **machine}) + "\n")
 
     for workload in args.workloads:
-        xla_modes = {"default": [False], "tuned": [True], "both": [False, True]}[args.xla_cpu]
         for mode in args.task_parallel:
             for tune_xla in xla_modes:
                 record(

@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from metajax.runtime import enable_compilation_cache, tune_host_allocator, tune_xla_cpu
 
-    tune_xla_cpu()  # faster CPU steps, less memory (see metajax.runtime); before any array
+    tune_xla_cpu()  # less memory, shorter compiles (see metajax.runtime); before any array
     tune_host_allocator()  # reuse freed host memory between steps (see metajax.runtime)
     enable_compilation_cache()  # a resumed run reuses its compiled step
     from metajax.runner import Interrupted

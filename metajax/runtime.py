@@ -23,12 +23,13 @@ Measured on the 2-core CPU of this project in three rounds, each flag setting in
 own process (``benchmarks/results/xla_cpu_emitters.log``: metajax alone, two rounds;
 ``benchmarks/results/omniglot_vs_peers_2026-12-04.log``: beside the peers): peak
 resident memory falls by about 40% (W1 473-500 MB against 873-898 MB, W2 583-594 MB
-against 934-1023 MB) and compile time by 1-6 s (W2 8-10 s against 13-14 s). Speed is
-the same or better within this host's noise: W2 median step 2.47, 2.57, 2.78 s against
-3.01, 2.97, 2.70 s; W1 0.46, 0.64, 0.70 s against 0.67, 0.63, 0.61 s. The test
-suite compiles in a third of the time with it. It must run before JAX starts its backends (the first array or device query), and
-is applied only on jaxlib 0.10, where it was measured (XLA aborts on a flag it does
-not know). The CLI calls it; set ``METAJAX_TUNE_XLA=0`` to disable it.
+against 934-1023 MB) and compile time by 0.6-6.5 s (W2 8-10 s against 13-14 s). Step
+time moves within this host's noise: W2 median step 2.47, 2.57, 2.78 s against 3.01,
+2.97, 2.70 s; W1 0.46, 0.64, 0.70 s against 0.67, 0.63, 0.61 s. The test suite
+compiles in a third of the time with it. It must run before JAX starts its backends
+(the first array or device query), and is applied only on jaxlib 0.10, where it was
+measured (XLA aborts on a flag it does not know). The CLI calls it; set
+``METAJAX_TUNE_XLA=0`` to disable it.
 
 :func:`enable_compilation_cache` turns on XLA's persistent compilation cache, so a
 run that is resumed after an interruption (or rerun with the same configuration)
@@ -74,6 +75,11 @@ XLA_CPU_FLAG = "--xla_cpu_use_fusion_emitters=false"
 _XLA_CPU_FLAG_RELEASES = ((0, 10),)
 
 
+def xla_cpu_flag_is_known() -> bool:
+    """Whether this jax release is one :data:`XLA_CPU_FLAG` was checked on."""
+    return tuple(int(p) for p in jax.__version__.split(".")[:2]) in _XLA_CPU_FLAG_RELEASES
+
+
 def tune_xla_cpu() -> bool:
     """Adds :data:`XLA_CPU_FLAG` to ``XLA_FLAGS``; ``True`` if it will take effect.
 
@@ -89,11 +95,10 @@ def tune_xla_cpu() -> bool:
     name = XLA_CPU_FLAG.split("=")[0]
     if XLA_CPU_FLAG in flags.split():
         return True
-    release = tuple(int(p) for p in jax.__version__.split(".")[:2])
     if (
         os.environ.get("METAJAX_TUNE_XLA", "1") == "0"
         or name in flags
-        or release not in _XLA_CPU_FLAG_RELEASES
+        or not xla_cpu_flag_is_known()
         or xla_bridge.backends_are_initialized()
     ):
         return False

@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 
 import metajax as mj
+from metajax import runtime
 
 # Compile time dominates this suite on a CPU, so tests compile with LLVM's
 # optimisations and its expensive passes off, and with XLA:CPU's older loop emitters
 # for fusions instead of its fusion emitters (XLA's HLO passes, fusion included,
 # still run). Measured on the 2-core CI machine: the optimisation flags cut about 20%
 # of compile time; the emitter flag then cut the suite from 10:45 to 6:42 (and the
-# file order below to 5:19). Set
-# METAJAX_TEST_XLA_OPT=1 to test with the default flags, which users run. (The
+# file order below to 5:19). Set METAJAX_TEST_XLA_OPT=1 to test with XLA's default
+# flags (the CLI's users get the emitter flag, metajax.tune_xla_cpu). (The
 # jitted-vs-eager conv4 gradient regression test was checked to fail on the old
 # max-pool bug with the optimisation level off; the later flags were added unchecked.)
-# The emitter flag is checked on jaxlib 0.10 only: a flag XLA does not know aborts
-# every process, so other releases go without it until it is checked there.
+# The emitter flag is added only on the jax releases it was checked on (a flag XLA
+# does not know aborts every process).
 FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-if (0, 10) <= tuple(int(p) for p in jax.__version__.split(".")[:2]) < (0, 11):
-    FAST_COMPILE += ("--xla_cpu_use_fusion_emitters=false",)
+if runtime.xla_cpu_flag_is_known():
+    FAST_COMPILE += (runtime.XLA_CPU_FLAG,)  # what metajax.tune_xla_cpu gives users too
 if os.environ.get("METAJAX_TEST_XLA_OPT", "0") != "1":
     _flags = os.environ.get("XLA_FLAGS", "")
     for _flag in FAST_COMPILE:

@@ -101,9 +101,7 @@ def test_tune_xla_cpu_adds_its_flag_only_before_the_backends_start(monkeypatch):
     from metajax import runtime
 
     jnp.zeros(1).block_until_ready()  # this process's backends have started
-    measured = tuple(int(p) for p in jax.__version__.split(".")[:2]) in (
-        runtime._XLA_CPU_FLAG_RELEASES
-    )
+    measured = runtime.xla_cpu_flag_is_known()
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     assert runtime.tune_xla_cpu() is False  # too late: flags were read at start
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
