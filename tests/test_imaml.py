@@ -158,3 +158,94 @@ def test_conjugate_gradient_under_vmap_with_leaves_batched_along_different_axes(
     x = jax.jit(jax.vmap(solve, in_axes=({"a": 0, "c": 1},), out_axes={"a": 0, "c": 1}))(b)
     np.testing.assert_allclose(x["a"], 0.5 * b["a"], rtol=1e-6)
     np.testing.assert_allclose(x["c"], b["c"] / scale["c"][:, None, :], rtol=1e-6)
+
+
+def _tanh_classifier(params, x):
+    return jnp.tanh(x @ params["w1"]) @ params["w2"]
+
+
+def _class_output_loss(logits, batch):
+    return mj.weighted_mean(mj.softmax_cross_entropy(logits, batch.targets), batch.weights)
+
+
+def _classification_setup(dtype=jnp.float64):
+    keys = jax.random.split(jax.random.key(7), 5)
+    params = {
+        "w1": jax.random.normal(keys[0], (4, 6), dtype),
+        "w2": jax.random.normal(keys[1], (6, 3), dtype),
+    }
+    x = jax.random.normal(keys[2], (9, 4), dtype)
+    y = jax.random.randint(keys[3], (9,), 0, 3)
+    weights = jnp.ones(9, dtype).at[-2:].set(0.0)  # two padded examples
+    xq = jax.random.normal(keys[4], (6, 4), dtype)
+    task = mj.Task(mj.Batch(x, y, weights), mj.Batch(xq, y[:6]))
+    predict = lambda p, b: _tanh_classifier(p, b.inputs)
+    return params, task, predict
+
+
+def test_gauss_newton_curvature_is_j_transpose_h_out_j_and_positive_semidefinite():
+    with jax.enable_x64(True):
+        params, task, predict = _classification_setup()
+        flat, unravel = ravel_pytree(params)
+        matvec = mj.gauss_newton_curvature(predict, _class_output_loss)(params, task.support)
+
+        @jax.jit
+        def dense():
+            logits = predict(params, task.support)
+            jac = jax.jacobian(lambda f: predict(unravel(f), task.support).ravel())(flat)
+            h_out = jax.hessian(
+                lambda o: _class_output_loss(o.reshape(logits.shape), task.support)
+            )(logits.ravel())
+            g = jac.T @ h_out @ jac
+            columns = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(jnp.eye(flat.size))
+            hessian = jax.hessian(
+                lambda f: _class_output_loss(predict(unravel(f), task.support), task.support)
+            )(flat)
+            return g, columns.T, hessian
+
+        g, columns, hessian = dense()
+        np.testing.assert_allclose(columns, g, rtol=1e-10, atol=1e-12)
+        assert np.linalg.eigvalsh(g).min() > -1e-12
+        # The tanh model's own second derivatives make the Hessian differ (and here
+        # indefinite): the Gauss-Newton matrix is not the Hessian in disguise.
+        assert np.abs(hessian - g).max() > 1e-2
+        assert np.linalg.eigvalsh(hessian).min() < 0
+
+
+def test_gauss_newton_imaml_solves_its_system_and_equals_the_hessian_one_for_a_linear_model():
+    with jax.enable_x64(True):
+        # Nonlinear classifier: the gradient is (I + G/lam)^-1 g at the adapted phi.
+        params, task, predict = _classification_setup()
+        loss_fn = lambda p, b: _class_output_loss(predict(p, b), b)
+        lam = 1.0
+        curvature = mj.gauss_newton_curvature(predict, _class_output_loss)
+        learner = mj.imaml(loss_fn, 0.2, 20, lam=lam, cg_steps=40, curvature=curvature)
+        flat, unravel = ravel_pytree(params)
+
+        @jax.jit
+        def expected():
+            phi, _ = learner.adapt(params, task.support)
+            matvec = curvature(phi, task.support)
+            g_mat = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(jnp.eye(flat.size))
+            g_q = ravel_pytree(jax.grad(lambda p: loss_fn(p, task.query))(phi))[0]
+            return jnp.linalg.solve(jnp.eye(flat.size) + g_mat.T / lam, g_q)
+
+        got = jax.jit(jax.grad(lambda p: learner.loss(p, task)[0]))(params)
+        np.testing.assert_allclose(ravel_pytree(got)[0], expected(), rtol=1e-8, atol=1e-12)
+
+        # Linear model, squared error: G = H, so both curvatures give the closed form.
+        params, task = _quadratic_setup()
+        gn = mj.imaml(
+            LOSS,
+            inner_lr=0.1,
+            inner_steps=150,
+            lam=2.0,
+            cg_steps=10,
+            curvature=mj.gauss_newton_curvature(
+                lambda p, b: _linear(p, b.inputs),
+                lambda out, b: mj.weighted_mean(mj.squared_error(out, b.targets), b.weights),
+            ),
+        )
+        _, exact = _closed_form(params, task, 2.0)
+        got = jax.jit(jax.grad(lambda p: gn.loss(p, task)[0]))(params)
+        np.testing.assert_allclose(ravel_pytree(got)[0], exact, rtol=1e-9, atol=1e-12)

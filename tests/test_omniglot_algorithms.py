@@ -18,17 +18,19 @@ from metajax.recipes import omniglot
 # conv4's second-order (maml++) and Hessian-vector-product (imaml) programs take about a
 # minute of CPU to compile: slow (run with -m slow); protonet runs by default.
 @pytest.mark.parametrize(
-    "algorithm",
+    "algorithm, options",
     [
-        pytest.param("maml++", marks=pytest.mark.slow),
-        pytest.param("imaml", marks=pytest.mark.slow),
+        pytest.param("maml++", {}, marks=pytest.mark.slow),
+        pytest.param("imaml", {}, marks=pytest.mark.slow),
+        pytest.param("imaml", {"imaml_curvature": "gauss-newton"}, marks=pytest.mark.slow),
         # (The protonet recipe trains and evaluates in test_omniglot_recipe too.)
-        pytest.param("protonet", marks=pytest.mark.slow),
+        pytest.param("protonet", {}, marks=pytest.mark.slow),
     ],
 )
-def test_recipe_learner_trains_and_evaluates(algorithm):
+def test_recipe_learner_trains_and_evaluates(algorithm, options):
     cfg = omniglot.OmniglotTrain(
         algorithm=algorithm,
+        **options,
         channels=4,
         meta_batch=2,
         inner_steps=2,

@@ -13,6 +13,9 @@ the query loss after 16 SGD steps (lr 0.1) on the proximal support loss
   (5 CG steps, the recipe's);
 * ``implicit-damped``: the released code's ``(2 I + H/(lambda + 10)) v = g``;
 * ``implicit-cg50``: the paper's system solved with 50 CG steps (is 5 enough?);
+* ``implicit-gn``, ``implicit-gn-cg20``: ``(I + G/lambda) v = g`` with the
+  Gauss-Newton matrix ``G`` of the logits and the cross-entropy (positive
+  semi-definite, so the system is positive definite), 5 and 20 CG steps;
 * ``first-order``: ``g`` itself (no solve);
 
 and reports norms, cosines to ``unrolled``, how far the 16 steps are from the
@@ -65,6 +68,9 @@ def main() -> None:
     sampler = recipe._episode_sampler(cfg.ways, cfg.shots, cfg.queries)
     lam = cfg.imaml_lam if args.lam is None else args.lam
     lr, steps = cfg.inner_lr, cfg.inner_steps
+    gn = algorithms.gauss_newton_curvature(
+        recipe.classifier_logits(cfg.conv), recipe.classifier_output_loss
+    )
 
     variants = {
         "implicit": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=5),
@@ -72,6 +78,10 @@ def main() -> None:
             loss_fn, lr, steps, lam=lam, cg_steps=5, cg_damping=1.0, lam_damping=10.0
         ),
         "implicit-cg50": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=50),
+        "implicit-gn": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=5, curvature=gn),
+        "implicit-gn-cg20": algorithms.imaml(
+            loss_fn, lr, steps, lam=lam, cg_steps=20, curvature=gn
+        ),
         "first-order": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=0),
     }
     plain = variants["implicit"]

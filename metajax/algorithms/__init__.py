@@ -9,7 +9,7 @@ head lives) is not in the table: the recipes that support it build it themselves
 from collections.abc import Callable
 
 from metajax.algorithms.base import MetaLearner, check_task
-from metajax.algorithms.imaml import imaml
+from metajax.algorithms.imaml import gauss_newton_curvature, hessian_curvature, imaml
 from metajax.algorithms.maml import (
     anil,
     cosine_outer_lr,
@@ -43,6 +43,8 @@ __all__ = [
     "check_task",
     "cosine_outer_lr",
     "fomaml",
+    "gauss_newton_curvature",
+    "hessian_curvature",
     "imaml",
     "maml",
     "maml_plus_plus",

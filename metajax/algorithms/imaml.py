@@ -23,6 +23,16 @@ Hessian-vector products (``jax.jvp`` of ``jax.grad``, never forming ``H``). The
 inner loop itself is never differentiated, so memory does not grow with the number
 of inner steps (``tests/test_imaml.py`` checks the compiled temporary memory against
 unrolled MAML's).
+
+The curvature in the solve is a choice (``curvature=``). The default,
+:func:`hessian_curvature`, is the paper's. When the support loss is nonconvex, ``H``
+can have eigenvalues below ``-lambda`` and the system is indefinite; conv4 on
+Omniglot does (experiments/omniglot/README.md, "Why iMAML stalls here").
+:func:`gauss_newton_curvature` uses the generalised Gauss-Newton matrix
+``G = J^T H_out J`` instead (``J`` the Jacobian of the model's outputs, ``H_out``
+the output loss's Hessian in the outputs), which is positive semi-definite for a
+convex output loss (cross-entropy, squared error), so ``I + G/lambda`` is positive
+definite and CG converges. ``G = H`` for a linear model with squared error.
 """
 
 from __future__ import annotations
@@ -40,6 +50,8 @@ from metajax.losses import as_loss_with_aux
 from metajax.tasks import Batch, Task
 
 Params = Any
+# (phi, support) -> v -> C v: a symmetric curvature of the support loss at phi.
+Curvature = Callable[[Params, Batch], Callable[[Params], Params]]
 
 
 def proximal_loss(loss_fn: Callable, center: Params, lam: float) -> Callable:
@@ -52,6 +64,69 @@ def proximal_loss(loss_fn: Callable, center: Params, lam: float) -> Callable:
         return value + 0.5 * lam * sum(jax.tree.leaves(sq)), aux
 
     return loss
+
+
+def hessian_curvature(loss_fn: Callable) -> Curvature:
+    """The support loss's Hessian at ``phi``, as Hessian-vector products (the paper's).
+
+    Forward-over-reverse (``jax.linearize`` of ``jax.grad``), linearised once at
+    ``phi`` so each product costs one tangent pass.
+    """
+    loss_fn = as_loss_with_aux(loss_fn)
+
+    def curvature(phi, support):
+        _, hvp = jax.linearize(jax.grad(lambda p: loss_fn(p, support)[0]), phi)
+        return hvp
+
+    return curvature
+
+
+def gauss_newton_curvature(predict_fn: Callable, output_loss_fn: Callable) -> Curvature:
+    """The generalised Gauss-Newton matrix ``G = J^T H_out J`` of the support loss.
+
+    For a loss ``L(phi) = l(f(phi))`` with model outputs ``f(phi)``, ``J`` is the
+    Jacobian of ``f`` and ``H_out`` the Hessian of ``l`` in the outputs. ``G`` drops
+    the second-derivative term of the model, so it is positive semi-definite
+    whenever ``l`` is convex in the outputs (softmax cross-entropy, squared error).
+    Each product is one Jacobian-vector product, one output-space Hessian-vector
+    product and one vector-Jacobian product (the transpose of the first), all
+    linearised once at ``phi``.
+
+    Args:
+      predict_fn: ``(params, batch) -> outputs`` (e.g. logits); it takes the batch,
+        not just its inputs, so models that use the example weights (batch norm over
+        real examples only) keep doing so.
+      output_loss_fn: ``(outputs, batch) -> scalar`` or ``(scalar, aux)``, with
+        ``output_loss_fn(predict_fn(p, b), b)`` the task loss ``loss_fn(p, b)``.
+
+    Returns:
+      A curvature for :func:`imaml`'s ``curvature=``.
+
+    Example:
+      >>> curvature = gauss_newton_curvature(
+      ...     lambda p, b: apply(p, b.inputs),
+      ...     lambda logits, b: weighted_mean(softmax_cross_entropy(logits, b.targets), b.weights),
+      ... )
+      >>> learner = imaml(loss_fn, lam=2.0, curvature=curvature)
+
+    Reference: Schraudolph, "Fast Curvature Matrix-Vector Products for Second-Order
+    Gradient Descent", Neural Computation 2002; Martens, "Deep learning via
+    Hessian-free optimization", ICML 2010.
+    """
+    output_loss_fn = as_loss_with_aux(output_loss_fn)
+
+    def curvature(phi, support):
+        outputs, jvp = jax.linearize(lambda p: predict_fn(p, support), phi)
+        vjp = jax.linear_transpose(jvp, phi)
+        _, out_hvp = jax.linearize(jax.grad(lambda o: output_loss_fn(o, support)[0]), outputs)
+
+        def matvec(v):
+            (gv,) = vjp(out_hvp(jvp(v)))
+            return gv
+
+        return matvec
+
+    return curvature
 
 
 def _vdot(a, b) -> jax.Array:
@@ -103,6 +178,7 @@ def imaml(
     inner_optimizer: optax.GradientTransformation | None = None,
     cg_damping: float = 0.0,
     lam_damping: float = 0.0,
+    curvature: Curvature | None = None,
 ) -> MetaLearner:
     """Implicit MAML (iMAML-GD).
 
@@ -123,6 +199,10 @@ def imaml(
         default) is the paper's system; the authors' released code uses ``1, 10``.
         With a nonconvex support loss ``H`` can have negative eigenvalues, and for
         small ``lam`` the undamped system can be indefinite.
+      curvature: the matrix ``H`` of the solve, ``(phi, support) -> matvec``:
+        :func:`hessian_curvature` of ``loss_fn`` (the default, the paper's) or
+        :func:`gauss_newton_curvature` (positive semi-definite, for nonconvex
+        support losses whose Hessian makes the system indefinite).
 
     Returns:
       A :class:`MetaLearner` whose meta-parameters are the model parameters.
@@ -152,6 +232,8 @@ def imaml(
             f"cg_damping and lam_damping must be >= 0, got {cg_damping!r}, {lam_damping!r}."
         )
     tx = inner_optimizer if inner_optimizer is not None else inner_lib.sgd(inner_lr)
+    if curvature is None:
+        curvature = hessian_curvature(loss_fn)
 
     def adapt_fn(theta, support: Batch, *, steps=None, observe=None):
         inner = inner_lib.make_inner_loop(proximal_loss(loss_fn, theta, lam), tx)
@@ -178,12 +260,7 @@ def imaml(
         if cg_steps == 0:
             return g, None
 
-        def support_loss(p):
-            return loss_fn(p, support)[0]
-
-        # Hessian-vector products by forward-over-reverse (jax.jvp of jax.grad),
-        # linearised once at phi so each CG iteration costs one tangent pass.
-        _, hvp = jax.linearize(jax.grad(support_loss), phi)
+        hvp = curvature(phi, support)
 
         def matvec(v):
             scale, curvature = 1.0 + cg_damping, 1.0 / (lam + lam_damping)

@@ -105,6 +105,9 @@ class OmniglotTrain:
         0 is the paper's system, 1 the authors' released code's).
       imaml_lam_damping: iMAML's ``lam_damping`` (0: the paper's; 10: the released
         code's).
+      imaml_curvature: the matrix of iMAML's linear system: ``hessian`` (the
+        paper's) or ``gauss-newton`` (:func:`~metajax.algorithms.gauss_newton_curvature`
+        of conv4's logits and the cross-entropy; positive semi-definite).
       per_step_bn: per-step batch-norm scales and biases (MAML++'s BNWB;
         ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
         off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
@@ -150,6 +153,7 @@ class OmniglotTrain:
     imaml_cg_steps: int = 5
     imaml_cg_damping: float = 0.0
     imaml_lam_damping: float = 0.0
+    imaml_curvature: Literal["hessian", "gauss-newton"] = "hessian"
     per_step_bn: bool | None = None
     running_stats: bool = False
     bn_momentum: float = 0.1
@@ -217,17 +221,17 @@ class OmniglotEval:
     stats_batches: int = 500
 
 
-def classifier_loss(conv: conv4.ConvImpl, batch_stats=None, running: bool = False):
-    """``loss_fn(params, batch)`` of conv4: weighted cross-entropy, accuracy in aux.
+def classifier_logits(conv: conv4.ConvImpl, batch_stats=None, running: bool = False):
+    """``predict_fn(params, batch) -> logits`` of conv4.
 
-    Padded examples (weight 0) are excluded from the batch-norm statistics too.
+    Padded examples (weight 0) are excluded from the batch-norm statistics.
     ``batch_stats`` (from :func:`~metajax.models.conv4.population_stats`) replaces
     the batch statistics with fixed ones; ``running`` uses the running statistics
     held in the parameters.
     """
 
-    def loss_fn(params, batch):
-        logits = conv4.apply(
+    def predict_fn(params, batch):
+        return conv4.apply(
             params,
             batch.inputs,
             conv=conv,
@@ -235,8 +239,23 @@ def classifier_loss(conv: conv4.ConvImpl, batch_stats=None, running: bool = Fals
             batch_stats=batch_stats,
             running=running,
         )
-        loss = weighted_mean(softmax_cross_entropy(logits, batch.targets), batch.weights)
-        return loss, {"accuracy": weighted_mean(accuracy(logits, batch.targets), batch.weights)}
+
+    return predict_fn
+
+
+def classifier_output_loss(logits, batch):
+    """The weighted cross-entropy of ``logits``, accuracy in aux."""
+    loss = weighted_mean(softmax_cross_entropy(logits, batch.targets), batch.weights)
+    return loss, {"accuracy": weighted_mean(accuracy(logits, batch.targets), batch.weights)}
+
+
+def classifier_loss(conv: conv4.ConvImpl, batch_stats=None, running: bool = False):
+    """``loss_fn(params, batch)`` of conv4: :func:`classifier_output_loss` of
+    :func:`classifier_logits` (same arguments)."""
+    predict_fn = classifier_logits(conv, batch_stats, running)
+
+    def loss_fn(params, batch):
+        return classifier_output_loss(predict_fn(params, batch), batch)
 
     return loss_fn
 
@@ -273,6 +292,10 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None, running: bool = False):
             "cg_damping": cfg.imaml_cg_damping,
             "lam_damping": cfg.imaml_lam_damping,
         }
+        if cfg.imaml_curvature == "gauss-newton":
+            extra["curvature"] = algorithms.gauss_newton_curvature(
+                classifier_logits(cfg.conv, batch_stats, running), classifier_output_loss
+            )
     if cfg.per_step_bn:
         if cfg.algorithm not in ("maml", "fomaml", "maml++"):
             raise ValueError(
