@@ -66,3 +66,61 @@ def plot_learning_curve(workdir: str, path: str | None = None, *, title: str | N
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_runs(
+    runs: dict[str, str],
+    key: str = "query_accuracy",
+    path: str = "runs.png",
+    *,
+    title: str | None = None,
+    smooth: int = 1,
+) -> str:
+    """Draws one training metric of several runs against meta-steps, on one axis.
+
+    Args:
+      runs: label -> a run directory or a ``metrics.jsonl`` file.
+      key: the metric (a key of the training records), e.g. ``query_accuracy``.
+      path: output PNG.
+      title: figure title (default: ``key``).
+      smooth: draw the running mean over this many consecutive records (1: raw).
+
+    Returns:
+      The path of the PNG.
+
+    Example:
+      >>> plot_runs({"GN": "runs/imaml-gn", "first order": "runs/imaml-fo"}, path="cmp.png")
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1, got {smooth}.")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, source in runs.items():
+        file = os.path.join(source, METRICS_FILE) if os.path.isdir(source) else source
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"run {label!r}: no metrics file at {file}.")
+        records = [r for r in read_jsonl(file) if key in r]
+        if not records:
+            raise ValueError(f"run {label!r}: no record in {file} has {key!r}.")
+        steps = [r["step"] for r in records]
+        values = [r[key] for r in records]
+        if smooth > 1:
+            values = [
+                sum(values[max(0, i - smooth + 1) : i + 1])
+                / len(values[max(0, i - smooth + 1) : i + 1])
+                for i in range(len(values))
+            ]
+        ax.plot(steps, values, label=label, lw=1.2)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel(key if smooth == 1 else f"{key} (running mean of {smooth})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or key)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

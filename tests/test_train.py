@@ -167,6 +167,18 @@ def test_resume_continues_bit_for_bit(tmp_path):
     ]
     assert read(tmp_path / "resumed") == read(tmp_path / "straight")
     assert (tmp_path / "resumed" / "learning_curve.png").stat().st_size > 5_000
+    from metajax.plots import plot_runs
+
+    both = {
+        "straight": str(tmp_path / "straight"),
+        "file": str(tmp_path / "resumed" / "metrics.jsonl"),
+    }
+    out = plot_runs(both, "meta_loss", str(tmp_path / "cmp.png"), smooth=2)
+    assert os.path.getsize(out) > 5_000
+    with pytest.raises(ValueError, match="no record .* has 'nope'"):
+        plot_runs(both, "nope", str(tmp_path / "x.png"))
+    with pytest.raises(FileNotFoundError, match="run 'gone'"):
+        plot_runs({"gone": str(tmp_path / "missing.jsonl")}, path=str(tmp_path / "x.png"))
 
 
 def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_is_exact(tmp_path):
