@@ -160,6 +160,31 @@ def test_conjugate_gradient_under_vmap_with_leaves_batched_along_different_axes(
     np.testing.assert_allclose(x["c"], b["c"] / scale["c"][:, None, :], rtol=1e-6)
 
 
+def test_conjugate_gradient_stop_on_negative_curvature_is_truncated_newton_cg():
+    from metajax.algorithms.imaml import conjugate_gradient
+
+    def solve(diag, b, rule):
+        matvec = lambda v: {"x": diag * v["x"]}
+        return conjugate_gradient(matvec, {"x": b}, steps=5, negative_curvature=rule)["x"]
+
+    b = jnp.array([1.0, 1.0])
+    # Positive definite: both rules are plain CG and solve the system.
+    for rule in ("skip", "stop"):
+        np.testing.assert_allclose(solve(jnp.array([2.0, 4.0]), b, rule), [0.5, 0.25], rtol=1e-6)
+    # diag(2, -1): the first direction b has curvature 1 > 0, the step is 2 b; the
+    # second direction (6, 12) has curvature -72, so "stop" returns 2 b there.
+    indefinite = jnp.array([2.0, -1.0])
+    np.testing.assert_allclose(solve(indefinite, b, "stop"), [2.0, 2.0], rtol=1e-6)
+    # Negative definite: the first direction already fails; "stop" falls back to b,
+    # "skip" never takes a step.
+    np.testing.assert_allclose(solve(jnp.array([-1.0, -3.0]), b, "stop"), b)
+    np.testing.assert_allclose(solve(jnp.array([-1.0, -3.0]), b, "skip"), [0.0, 0.0])
+    with pytest.raises(ValueError, match="negative_curvature"):
+        solve(indefinite, b, "flip")
+    with pytest.raises(ValueError, match="cg_negative_curvature"):
+        mj.imaml(LOSS, cg_negative_curvature="flip")
+
+
 def _tanh_classifier(params, x):
     return jnp.tanh(x @ params["w1"]) @ params["w2"]
 

@@ -23,6 +23,7 @@ from metajax.recipes import omniglot
         pytest.param("maml++", {}, marks=pytest.mark.slow),
         pytest.param("imaml", {}, marks=pytest.mark.slow),
         pytest.param("imaml", {"imaml_curvature": "gauss-newton"}, marks=pytest.mark.slow),
+        pytest.param("imaml", {"imaml_cg_negative_curvature": "stop"}, marks=pytest.mark.slow),
         # (The protonet recipe trains and evaluates in test_omniglot_recipe too.)
         pytest.param("protonet", {}, marks=pytest.mark.slow),
     ],

@@ -16,6 +16,9 @@ the query loss after 16 SGD steps (lr 0.1) on the proximal support loss
 * ``implicit-gn``, ``implicit-gn-cg20``: ``(I + G/lambda) v = g`` with the
   Gauss-Newton matrix ``G`` of the logits and the cross-entropy (positive
   semi-definite, so the system is positive definite), 5 and 20 CG steps;
+* ``implicit-stop``, ``implicit-stop-cg50``: the paper's system with CG that stops
+  at the first direction of non-positive curvature (``cg_negative_curvature="stop"``,
+  truncated Newton-CG; ``g`` if the first direction already has it), 5 and 50 steps;
 * ``first-order``: ``g`` itself (no solve);
 
 and reports norms, cosines to ``unrolled``, how far the 16 steps are from the
@@ -81,6 +84,12 @@ def main() -> None:
         "implicit-gn": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=5, curvature=gn),
         "implicit-gn-cg20": algorithms.imaml(
             loss_fn, lr, steps, lam=lam, cg_steps=20, curvature=gn
+        ),
+        "implicit-stop": algorithms.imaml(
+            loss_fn, lr, steps, lam=lam, cg_steps=5, cg_negative_curvature="stop"
+        ),
+        "implicit-stop-cg50": algorithms.imaml(
+            loss_fn, lr, steps, lam=lam, cg_steps=50, cg_negative_curvature="stop"
         ),
         "first-order": algorithms.imaml(loss_fn, lr, steps, lam=lam, cg_steps=0),
     }

@@ -43,7 +43,9 @@ def val_records(log: str, out: str) -> str:
         for line in f:
             m = EVAL_LINE.match(line.strip())
             if m:
-                g.write(json.dumps({"step": int(m.group(1)), **ast.literal_eval(m.group(2))}) + "\n")
+                g.write(
+                    json.dumps({"step": int(m.group(1)), **ast.literal_eval(m.group(2))}) + "\n"
+                )
     return out
 
 

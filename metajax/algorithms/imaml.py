@@ -134,7 +134,12 @@ def _vdot(a, b) -> jax.Array:
 
 
 def conjugate_gradient(
-    matvec: Callable[[Params], Params], b: Params, *, steps: int, tol: float = 0.0
+    matvec: Callable[[Params], Params],
+    b: Params,
+    *,
+    steps: int,
+    tol: float = 0.0,
+    negative_curvature: str = "skip",
 ) -> Params:
     """Solves ``A x = b`` for symmetric positive-definite ``A`` on pytrees, from ``x = 0``.
 
@@ -142,28 +147,48 @@ def conjugate_gradient(
     ``jax.scipy.sparse.linalg.cg``: in jax 0.10.2 it raises an ``AssertionError``
     under ``vmap`` when the leaves of ``b`` are batched along different axes, which
     is what vmapping conv4's gradients over tasks produces.)
+
+    ``negative_curvature`` says what to do with a search direction ``p`` of
+    ``p^T A p <= 0``, which an indefinite ``A`` produces: ``"skip"`` (the default)
+    takes no step along it and goes on; ``"stop"`` ends the solve there, returning
+    the iterate so far, or ``b`` itself if it is the first direction (truncated
+    Newton-CG, Nocedal & Wright, "Numerical Optimization", Algorithm 7.1, the inner
+    loop of Steihaug's method without the trust region).
     """
+    if negative_curvature not in ("skip", "stop"):
+        raise ValueError(
+            f"negative_curvature must be 'skip' or 'stop', got {negative_curvature!r}."
+        )
+    stop_on_negative = negative_curvature == "stop"
     x = jax.tree.map(jnp.zeros_like, b)
     rs = _vdot(b, b)
     threshold = jnp.square(tol) * rs
 
     def cond(carry):
-        i, _, _, _, rs = carry
-        return (i < steps) & (rs > threshold)
+        i, _, _, _, rs, stopped = carry
+        return (i < steps) & (rs > threshold) & ~stopped
 
     def body(carry):
-        i, x, r, p, rs = carry
+        i, x, r, p, rs, _ = carry
         ap = matvec(p)
         curvature = _vdot(p, ap)
-        alpha = jnp.where(curvature > 0, rs / jnp.where(curvature > 0, curvature, 1), 0)
-        x = jax.tree.map(lambda a, b: a + alpha * b, x, p)
-        r = jax.tree.map(lambda a, b: a - alpha * b, r, ap)
-        rs_new = _vdot(r, r)
+        positive = curvature > 0
+        alpha = jnp.where(positive, rs / jnp.where(positive, curvature, 1), 0)
+        x_new = jax.tree.map(lambda a, b: a + alpha * b, x, p)
+        r_new = jax.tree.map(lambda a, b: a - alpha * b, r, ap)
+        rs_new = _vdot(r_new, r_new)
         beta = jnp.where(rs > 0, rs_new / jnp.where(rs > 0, rs, 1), 0)
-        p = jax.tree.map(lambda a, b: a + beta * b, r, p)
-        return i + 1, x, r, p, rs_new
+        p_new = jax.tree.map(lambda a, b: a + beta * b, r_new, p)
+        if not stop_on_negative:
+            return i + 1, x_new, r_new, p_new, rs_new, jnp.array(False)
+        stop = ~positive
+        # On the first direction there is no iterate yet: fall back to b (x_1 = b).
+        x_stop = jax.tree.map(lambda a, b0: jnp.where(i == 0, b0, a), x, b)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stop, o, n), new, old)
+        return i + 1, keep(x_new, x_stop), keep(r_new, r), keep(p_new, p), rs_new, stop
 
-    _, x, _, _, _ = jax.lax.while_loop(cond, body, (0, x, b, b, rs))
+    init = (0, x, b, b, rs, jnp.array(False))
+    _, x, _, _, _, _ = jax.lax.while_loop(cond, body, init)
     return x
 
 
@@ -179,6 +204,7 @@ def imaml(
     cg_damping: float = 0.0,
     lam_damping: float = 0.0,
     curvature: Curvature | None = None,
+    cg_negative_curvature: str = "skip",
 ) -> MetaLearner:
     """Implicit MAML (iMAML-GD).
 
@@ -203,6 +229,10 @@ def imaml(
         :func:`hessian_curvature` of ``loss_fn`` (the default, the paper's) or
         :func:`gauss_newton_curvature` (positive semi-definite, for nonconvex
         support losses whose Hessian makes the system indefinite).
+      cg_negative_curvature: :func:`conjugate_gradient`'s ``negative_curvature``:
+        ``"skip"`` (the default) or ``"stop"``, which ends the solve at the first
+        direction of non-positive curvature of an indefinite system (returning
+        ``g``, first order, if that is the first direction).
 
     Returns:
       A :class:`MetaLearner` whose meta-parameters are the model parameters.
@@ -230,6 +260,10 @@ def imaml(
     if cg_damping < 0 or lam_damping < 0:
         raise ValueError(
             f"cg_damping and lam_damping must be >= 0, got {cg_damping!r}, {lam_damping!r}."
+        )
+    if cg_negative_curvature not in ("skip", "stop"):
+        raise ValueError(
+            f"cg_negative_curvature must be 'skip' or 'stop', got {cg_negative_curvature!r}."
         )
     tx = inner_optimizer if inner_optimizer is not None else inner_lib.sgd(inner_lr)
     if curvature is None:
@@ -266,7 +300,10 @@ def imaml(
             scale, curvature = 1.0 + cg_damping, 1.0 / (lam + lam_damping)
             return jax.tree.map(lambda a, b: scale * a + curvature * b, v, hvp(v))
 
-        return conjugate_gradient(matvec, g, steps=cg_steps, tol=cg_tol), None
+        x = conjugate_gradient(
+            matvec, g, steps=cg_steps, tol=cg_tol, negative_curvature=cg_negative_curvature
+        )
+        return x, None
 
     solve.defvjp(solve_fwd, solve_bwd)
 

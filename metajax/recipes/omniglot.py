@@ -108,6 +108,10 @@ class OmniglotTrain:
       imaml_curvature: the matrix of iMAML's linear system: ``hessian`` (the
         paper's) or ``gauss-newton`` (:func:`~metajax.algorithms.gauss_newton_curvature`
         of conv4's logits and the cross-entropy; positive semi-definite).
+      imaml_cg_negative_curvature: what iMAML's conjugate gradient does on a
+        direction of non-positive curvature: ``skip`` it (the default) or ``stop``
+        the solve there (truncated Newton-CG; ``cg_negative_curvature`` of
+        :func:`~metajax.algorithms.imaml`).
       per_step_bn: per-step batch-norm scales and biases (MAML++'s BNWB;
         ``maml(per_step_params=conv4.batch_norm_mask)``); default: on for ``maml++``,
         off otherwise; for ``maml``, ``fomaml`` and ``maml++``. Runs whose config
@@ -154,6 +158,7 @@ class OmniglotTrain:
     imaml_cg_damping: float = 0.0
     imaml_lam_damping: float = 0.0
     imaml_curvature: Literal["hessian", "gauss-newton"] = "hessian"
+    imaml_cg_negative_curvature: Literal["skip", "stop"] = "skip"
     per_step_bn: bool | None = None
     running_stats: bool = False
     bn_momentum: float = 0.1
@@ -291,6 +296,7 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None, running: bool = False):
             "cg_steps": cfg.imaml_cg_steps,
             "cg_damping": cfg.imaml_cg_damping,
             "lam_damping": cfg.imaml_lam_damping,
+            "cg_negative_curvature": cfg.imaml_cg_negative_curvature,
         }
         if cfg.imaml_curvature == "gauss-newton":
             extra["curvature"] = algorithms.gauss_newton_curvature(

@@ -36,9 +36,7 @@ def main() -> None:
         if not shared:
             continue
         equal = [
-            s
-            for s in shared
-            if all(a[s][k] == b[s].get(k) for k in a[s] if k != "sec_per_step")
+            s for s in shared if all(a[s][k] == b[s].get(k) for k in a[s] if k != "sec_per_step")
         ]
         print(
             f"{na} vs {nb}: {len(equal)}/{len(shared)} shared records bit-identical "
