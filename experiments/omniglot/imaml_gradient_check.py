@@ -58,7 +58,7 @@ def _cos(a, b) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--maml-steps", type=int, default=300)
+    parser.add_argument("--maml-steps", type=int, default=300, help="0: the initialisation only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lam", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--lanczos-steps", type=int, default=60)
@@ -170,7 +170,8 @@ def main() -> None:
 
     probe_key = jax.random.key(12345)
     rows = []
-    for point in ("initialisation", f"after {args.maml_steps} MAML steps"):
+    points = ["initialisation"] + [f"after {args.maml_steps} MAML steps"] * (args.maml_steps > 0)
+    for point in points:
         if point != "initialisation":
             start = time.perf_counter()
             for _ in range(args.maml_steps):
