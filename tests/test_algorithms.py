@@ -21,18 +21,6 @@ IMAML_LAM = 5.0
 NUM_CLASSES = 3  # protonet's classification tasks
 
 
-def _learned_sgd(loss_fn, inner_steps=1, **kw):
-    """MAML whose inner SGD learning rate and momentum are meta-parameters."""
-    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=INNER_LR, momentum=0.5)
-    return mj.maml(
-        loss_fn,
-        inner_steps=inner_steps,
-        inner_optimizer=tx,
-        learn_hyperparams=("learning_rate", "momentum"),
-        **kw,
-    )
-
-
 def _protonet(loss_fn, apply=tanh_apply, **kw):
     # The model's outputs are the embedding; the regression loss is not used.
     del loss_fn, kw
@@ -60,7 +48,9 @@ ALGORITHMS = {
         first_order_steps=1,
         **kw,
     ),
-    "learned_sgd": _learned_sgd,
+    "learned_sgd": lambda loss_fn, **kw: mj.learned_sgd(
+        loss_fn, INNER_LR, kw.pop("inner_steps", 1), momentum=0.5, **kw
+    ),
     "imaml": lambda loss_fn, **kw: mj.imaml(
         loss_fn, INNER_LR, kw.pop("inner_steps", 1), lam=IMAML_LAM, cg_steps=30, **kw
     ),

@@ -1,4 +1,5 @@
-"""The Omniglot recipe's learners for maml++, imaml and protonet, on synthetic images.
+"""The Omniglot recipe's learners for maml++, imaml, protonet, learned-sgd and
+truncated meta-gradients, on synthetic images.
 
 One meta-step and one evaluation call of each, through the recipe's own
 ``initial_state``/``build_learner`` (conv4 with 4 channels; no data set needed).
@@ -7,6 +8,7 @@ The CLI runs on the real data are smoke-tested by hand (see the README).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,3 +83,44 @@ def test_reptile_outer_step_is_the_papers_interpolation_by_default():
     updates, _ = outer.update(jax.tree.map(jnp.subtract, theta, phi), outer.init(theta), theta)
     np.testing.assert_allclose(theta["w"] + updates["w"], phi["w"])
     assert omniglot.OmniglotTrain(algorithm="maml").resolved().outer_optimizer == "adam"
+
+
+def test_learned_sgd_and_truncated_meta_gradients_are_recipe_options():
+    import metajax as mj
+
+    cfg = omniglot.OmniglotTrain(algorithm="learned-sgd", channels=2, inner_momentum=0.3)
+    cfg = cfg.resolved()
+    assert (cfg.inner_lr, cfg.inner_steps, cfg.eval_inner_steps) == (0.1, 5, 5)
+    meta = omniglot.initial_state(cfg)[0].meta_params
+    hyper = jax.tree.map(float, meta["inner_hyperparams"])
+    assert hyper == pytest.approx({"learning_rate": 0.1, "momentum": 0.3})
+
+    # --backprop-steps reaches maml's backprop_steps: the recipe's truncated learner has
+    # the library's truncated meta-gradient, which differs from the full one.
+    base = dict(algorithm="maml", channels=2, inner_steps=2, inner_lr=0.1, conv="im2col")
+    truncated = omniglot.build_learner(omniglot.OmniglotTrain(**base, backprop_steps=1))
+    full = omniglot.build_learner(omniglot.OmniglotTrain(**base))
+    loss_fn = omniglot.classifier_loss("im2col")
+    library = mj.maml(loss_fn, 0.1, 2, backprop_steps=1)
+    params = omniglot.initial_state(omniglot.OmniglotTrain(**base))[0].meta_params
+    images = jax.random.uniform(jax.random.key(0), (5, 2, 28, 28, 1))
+    labels = jnp.arange(5)
+    batch = mj.Batch(images[:, 0], labels, jnp.ones(5))
+    task = mj.Task(support=batch, query=mj.Batch(images[:, 1], labels, jnp.ones(5)))
+
+    @jax.jit
+    def grads(params):
+        return [
+            jax.grad(lambda p, learner=learner: learner.loss(p, task)[0])(params)
+            for learner in (truncated, library, full)
+        ]
+
+    g_truncated, g_library, g_full = grads(params)
+    chex.assert_trees_all_close(g_truncated, g_library, rtol=1e-5, atol=1e-7)
+    gap = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), g_truncated, g_full)
+    assert max(jax.tree.leaves(gap)) > 1e-4
+
+    with pytest.raises(ValueError, match="backprop-steps is for"):
+        omniglot.build_learner(omniglot.OmniglotTrain(algorithm="imaml", backprop_steps=1))
+    with pytest.raises(ValueError, match="between 0 and --inner-steps"):
+        omniglot.build_learner(omniglot.OmniglotTrain(**{**base, "backprop_steps": 3}))

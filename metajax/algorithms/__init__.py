@@ -14,6 +14,7 @@ from metajax.algorithms.maml import (
     anil,
     cosine_outer_lr,
     fomaml,
+    learned_sgd,
     maml,
     maml_plus_plus,
     meta_sgd,
@@ -32,6 +33,7 @@ ALGORITHMS: dict[str, Callable[..., MetaLearner]] = {
     "reptile": reptile,
     "pretrain": pretrain,
     "maml++": maml_plus_plus,
+    "learned-sgd": learned_sgd,
     "imaml": imaml,
     "protonet": protonet,
 }
@@ -46,6 +48,7 @@ __all__ = [
     "gauss_newton_curvature",
     "hessian_curvature",
     "imaml",
+    "learned_sgd",
     "maml",
     "maml_plus_plus",
     "meta_sgd",

@@ -443,6 +443,62 @@ def maml_plus_plus(
     )
 
 
+def learned_sgd(
+    loss_fn: Callable,
+    inner_lr: float = 0.1,
+    inner_steps: int = 5,
+    first_order: bool = False,
+    *,
+    momentum: float = 0.5,
+    learn: Sequence[str] = ("learning_rate", "momentum"),
+    **kwargs,
+) -> MetaLearner:
+    """MAML with a learned inner optimizer: SGD with momentum whose hyperparameters
+    are meta-parameters.
+
+    The inner update is optax's heavy-ball SGD, ``m_k = g_k + beta m_{k-1}``,
+    ``theta_{k+1} = theta_k - alpha m_k``, with ``alpha`` (``learning_rate``) and
+    ``beta`` (``momentum``) meta-learned by the outer loop, which differentiates
+    through every inner step. It is :func:`maml` with
+    ``inner_optimizer=optax.inject_hyperparams(optax.sgd)(...)`` and
+    ``learn_hyperparams=learn``: the same mechanism learns the hyperparameters of any
+    optax transformation built with ``optax.inject_hyperparams``.
+
+    Momentum first acts at the second inner step, so use ``inner_steps >= 2``.
+
+    Args:
+      loss_fn: ``(params, batch) -> scalar`` or ``(scalar, aux)``.
+      inner_lr: initial inner learning rate ``alpha``.
+      inner_steps: inner updates.
+      first_order: drop the second-order terms (the hyperparameters still get a
+        gradient: the adapted parameters depend on them directly).
+      momentum: initial momentum ``beta``.
+      learn: which of ``("learning_rate", "momentum")`` the outer loop learns.
+      **kwargs: other :func:`maml` options (``backprop_steps``, ``remat``,
+        ``per_step_params``, ...).
+
+    Returns:
+      A :class:`MetaLearner` with meta-parameters ``{"params": theta,
+      "inner_hyperparams": {name: value}}``.
+
+    Example:
+      >>> learner = learned_sgd(loss_fn, inner_lr=0.1, inner_steps=5, momentum=0.5)
+
+    References: Andrychowicz et al., "Learning to learn by gradient descent by
+    gradient descent", NeurIPS 2016; Li et al., "Meta-SGD", 2017 (learned inner
+    learning rates); Finn et al. 2017 (MAML).
+    """
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=inner_lr, momentum=momentum)
+    return maml(
+        loss_fn,
+        inner_steps=inner_steps,
+        first_order=first_order,
+        inner_optimizer=tx,
+        learn_hyperparams=tuple(learn),
+        **kwargs,
+    )
+
+
 def fomaml(
     loss_fn: Callable, inner_lr: float = 0.01, inner_steps: int = 1, **kwargs
 ) -> MetaLearner:

@@ -37,8 +37,20 @@ from metajax.runner import (
 from metajax.train import TrainState, init_train_state, make_eval_step, make_train_step, repeat_step
 
 Algorithm = Literal[
-    "maml", "fomaml", "anil", "meta-sgd", "reptile", "pretrain", "maml++", "imaml", "protonet"
+    "maml",
+    "fomaml",
+    "anil",
+    "meta-sgd",
+    "reptile",
+    "pretrain",
+    "maml++",
+    "learned-sgd",
+    "imaml",
+    "protonet",
 ]
+# The algorithms whose meta-gradient flows through the inner steps, so that it can be
+# truncated to the last k of them (``backprop_steps``).
+_TRUNCATABLE = ("maml", "anil", "meta-sgd", "maml++", "learned-sgd")
 
 # Paper values (inner lr, inner steps, eval inner steps) where they differ from MAML's:
 # MAML++'s Omniglot configs (5 steps, initial per-step lr 0.1) and iMAML-GD's
@@ -46,9 +58,11 @@ Algorithm = Literal[
 # A prototypical network has no inner steps: its "adaptation" (the prototypes) is one.
 # Reptile with one inner step is joint training (Nichol et al., sec. 5), so it gets
 # MAML++'s 5 steps of lr 0.1 (the Reptile paper's own Omniglot runs used 5 Adam steps
-# in training and 50 at test time).
+# in training and 50 at test time). The learned inner optimizer (SGD with momentum)
+# needs several steps for its momentum to act: MAML++'s 5 steps and initial lr 0.1.
 _ALGORITHM_INNER_DEFAULTS = {
     "maml++": (0.1, 5, 5),
+    "learned-sgd": (0.1, 5, 5),
     "imaml": (0.1, 16, 16),
     "protonet": (0.0, 1, 1),
     "reptile": (0.1, 5, 5),
@@ -123,6 +137,12 @@ class OmniglotTrain:
         each batch's statistics, so the learned model is the same. Gradient-based
         algorithms only.
       bn_momentum: weight of each meta-step's statistics in the running average.
+      backprop_steps: truncated meta-gradients: differentiate through only the last
+        this-many inner steps (the earlier ones run under ``stop_gradient``; ``0`` is
+        first order; default: all). For ``maml``, ``anil``, ``meta-sgd``, ``maml++``
+        and ``learned-sgd`` (:func:`~metajax.maml`'s ``backprop_steps``).
+      inner_momentum: initial momentum of ``learned-sgd``'s inner optimizer (its
+        learning rate starts at ``inner_lr``); both are meta-learned.
     """
 
     # What a key missing from an older run's config.json stands for (the behaviour
@@ -162,6 +182,8 @@ class OmniglotTrain:
     per_step_bn: bool | None = None
     running_stats: bool = False
     bn_momentum: float = 0.1
+    backprop_steps: int | None = None
+    inner_momentum: float = 0.5
 
     def resolved(self) -> OmniglotTrain:
         """The config with every paper default filled in."""
@@ -302,6 +324,20 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None, running: bool = False):
             extra["curvature"] = algorithms.gauss_newton_curvature(
                 classifier_logits(cfg.conv, batch_stats, running), classifier_output_loss
             )
+    if cfg.algorithm == "learned-sgd":
+        extra["momentum"] = cfg.inner_momentum
+    if cfg.backprop_steps is not None:
+        if cfg.algorithm not in _TRUNCATABLE:
+            raise ValueError(
+                f"--backprop-steps is for {', '.join(_TRUNCATABLE)}; got --algorithm "
+                f"{cfg.algorithm}."
+            )
+        if not 0 <= cfg.backprop_steps <= cfg.inner_steps:
+            raise ValueError(
+                f"--backprop-steps must be between 0 and --inner-steps ({cfg.inner_steps}); "
+                f"got {cfg.backprop_steps}."
+            )
+        extra["backprop_steps"] = cfg.backprop_steps
     if cfg.per_step_bn:
         if cfg.algorithm not in ("maml", "fomaml", "maml++"):
             raise ValueError(
@@ -620,6 +656,13 @@ def evaluate(cfg: OmniglotEval) -> dict:
         result.update(records[0])
     else:
         result["settings"] = records
+    learned = state.meta_params.get("inner_hyperparams")  # learned-sgd's
+    if learned:
+        result["learned_inner_hyperparams"] = {k: float(v) for k, v in learned.items()}
+        print(
+            "learned inner optimizer: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result["learned_inner_hyperparams"].items())
+        )
     suffix = "" if cfg.batch_norm == "transductive" else f"_{cfg.batch_norm}"
     with open(os.path.join(cfg.workdir, f"eval_{cfg.split}{suffix}.json"), "w") as f:
         json.dump(result, f, indent=2)
