@@ -2,7 +2,11 @@
 
 Workload: the Omniglot W1 shape (5-way 1-shot, 1 query per class, conv4-64, 28x28
 inputs, inner SGD lr 0.4, Adam outer step), meta-batch 32 by default, for 1, 5, 10
-and 20 inner steps; second order with and without ``remat``, and first order.
+and 20 inner steps; second order with and without ``remat``, and first order. The
+``imaml`` variants (``--variants imaml imaml-gauss-newton``) put iMAML beside them:
+the same steps of proximal SGD (lr 0.1, its Omniglot setting; lambda 2) and a 5-step
+conjugate-gradient solve on Hessian- or Gauss-Newton-vector products at the adapted
+parameters, which need no stored inner trajectory.
 
 For each configuration a fresh subprocess builds the jitted train step, compiles it,
 and runs one meta-step. It reports:
@@ -37,12 +41,45 @@ import sys
 import time
 
 VARIANTS = {
-    # name: (first_order, remat)
+    # name: (first_order, remat); MAML's variants
     "second-order": (False, False),
     "second-order+remat": (False, True),
     "first-order": (True, False),
     "first-order+remat": (True, True),
+    # iMAML (curvature of the CG solve); first_order/remat do not apply
+    "imaml": (False, False),
+    "imaml-gauss-newton": (False, False),
 }
+
+
+def build_learner(variant: str, inner_steps: int):
+    """The meta-learner of one variant: MAML's (``maml``) or iMAML's (``imaml``)."""
+    import metajax as mj
+    from metajax.recipes import omniglot
+
+    conv = "im2col"
+    if variant.startswith("imaml"):
+        curvature = None
+        if variant == "imaml-gauss-newton":
+            curvature = mj.gauss_newton_curvature(
+                omniglot.classifier_logits(conv), omniglot.classifier_output_loss
+            )
+        return mj.imaml(
+            omniglot.classifier_loss(conv),
+            inner_lr=0.1,
+            inner_steps=inner_steps,
+            lam=2.0,
+            cg_steps=5,
+            curvature=curvature,
+        )
+    first_order, remat = VARIANTS[variant]
+    return mj.maml(
+        omniglot.classifier_loss(conv),
+        inner_lr=0.4,
+        inner_steps=inner_steps,
+        first_order=first_order,
+        remat=remat,
+    )
 
 
 def _proc_status_mb(field: str) -> float:
@@ -85,7 +122,6 @@ def measure(
 
     import metajax as mj
     from metajax.models import conv4
-    from metajax.recipes.omniglot import classifier_loss
 
     allocator_tuned = mj.tune_host_allocator() if tune_allocator else False
     first_order, remat = VARIANTS[variant]
@@ -98,13 +134,7 @@ def measure(
         queries=queries,
         normal=True,
     )
-    learner = mj.maml(
-        classifier_loss("im2col"),
-        inner_lr=0.4,
-        inner_steps=inner_steps,
-        first_order=first_order,
-        remat=remat,
-    )
+    learner = build_learner(variant, inner_steps)
     outer = optax.adam(1e-3)
     params = conv4.init(jax.random.key(0), ways=ways, channels=channels)
     state = mj.init_train_state(learner, params, outer, jax.random.key(1))
@@ -214,7 +244,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inner-steps", type=int, nargs="+", default=[1, 5, 10, 20])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS))
     parser.add_argument("--meta-batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--task-parallel", default="vmap")
@@ -257,7 +287,7 @@ def main(argv=None) -> int:
     _bench.append_jsonl(args.out, [{**r, **machine} for r in rows])
     ok = [r for r in rows if "error" not in r]
     header = (
-        f"MAML meta-step on conv4-{args.channels}, W1 shape (5-way 1-shot, 1 query/class), "
+        f"Meta-step on conv4-{args.channels}, W1 shape (5-way 1-shot, 1 query/class), "
         f"meta-batch {args.meta_batch}, task_parallel={args.task_parallel}; jax "
         f"{ok[0]['jax_version'] if ok else '?'} on {ok[0]['device'] if ok else '?'} "
         f"({os.cpu_count()} cores), {machine['when']}, load average "
