@@ -7,8 +7,8 @@ Reads the committed metrics files in this directory and writes
 of 4 records, i.e. 200 meta-steps) and ``imaml_runs_val.png`` (validation accuracy,
 200 episodes per point, read from the ``step N: eval {...}`` lines of the training logs,
 after each run's evaluation inner steps: 16 for iMAML, 3 for MAML and first-order MAML).
-The second-seed iMAML runs have validation curves only: their metrics files were lost
-with the machine they ran on.
+The recovered second-seed iMAML logs give validation curves only (their metrics files were lost,
+and their command is not known; see the README).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ TRAIN = {
 VAL = {
     "iMAML, Gauss-Newton (16 steps)": "train_imaml-gn-5w1s.log",
     "iMAML, first order (16 steps)": "train_imaml-fo-5w1s.log",
-    "iMAML, Gauss-Newton, seed 1": "train_imaml-gn-5w1s-seed1.log",
-    "iMAML, first order, seed 1": "train_imaml-fo-5w1s-seed1.log",
+    "iMAML, Gauss-Newton, seed 1 (recovered log, command unknown)": "train_imaml-gn-5w1s-seed1.log",
+    "iMAML, first order, seed 1 (recovered log, command unknown)": "train_imaml-fo-5w1s-seed1.log",
     "iMAML, first order, session-11 run (same command, to 1500)": "train_imaml-fo-5w1s_session11.log",
     "first-order MAML (3 steps)": "train_fomaml-5w1s.log",
     "MAML (3 steps)": "train_maml-5w1s.log",
