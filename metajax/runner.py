@@ -314,9 +314,17 @@ def run_training(
     step = start
     stop = _StopOnSignal()
     stop.install()
+    in_flight = None  # the previous call's metrics
     try:
         while step < num_steps:
             state, metrics = train_step(state)
+            # JAX dispatches asynchronously, so without a bound the host would run
+            # log_every calls ahead of the device: a stop signal would then wait for all
+            # of them, and the progress bar and sec_per_step would time the host. Waiting
+            # for the previous call while this one is queued keeps the device busy.
+            if in_flight is not None:
+                jax.block_until_ready(in_flight)
+            in_flight = metrics
             step += steps_per_call
             if bar is not None:
                 bar.update(steps_per_call)

@@ -134,7 +134,7 @@ def test_init_train_state_rejects_legacy_keys():
         )
 
 
-def _run(workdir, num_steps, checkpoint_every=4, wrap_step=lambda f: f):
+def _run(workdir, num_steps, checkpoint_every=4, wrap_step=lambda f: f, log_every=2):
     _, _, state, step = _setup()
     return mj.runner.run_training(
         workdir=str(workdir),
@@ -142,7 +142,7 @@ def _run(workdir, num_steps, checkpoint_every=4, wrap_step=lambda f: f):
         train_step=wrap_step(jax.jit(mj.repeat_step(step, 2))),
         num_steps=num_steps,
         steps_per_call=2,
-        log_every=2,
+        log_every=log_every,
         checkpoint_every=checkpoint_every,
         config={"name": "test"},
         progress=False,
@@ -210,6 +210,34 @@ def test_sigterm_checkpoints_the_step_reached_and_the_resumed_run_is_exact(tmp_p
         for r in mj.runner.read_jsonl(os.path.join(p, "metrics.jsonl"))
     ]
     assert read(tmp_path / "resumed") == read(tmp_path / "straight")
+
+
+def test_run_training_keeps_at_most_one_call_in_flight(tmp_path):
+    # A step that the host can dispatch far faster than the device runs it: without a
+    # bound, a stop signal would wait for every queued call (SIGTERM came 38 calls late
+    # in a real run: a preemption notice is often 30 s).
+    outputs, in_flight = [], []
+
+    def wrap(step_fn):
+        @jax.jit
+        def slow_step(state):
+            state, metrics = step_fn(state)
+            work = jax.lax.fori_loop(  # ~50 ms of matmuls the metrics depend on
+                0, 40, lambda i, x: jnp.tanh(x @ x) / 8, jnp.eye(384) + state.step
+            )
+            return state, jax.tree.map(lambda m: m + 0 * work[0, 0], metrics)
+
+        def wrapped(state):
+            in_flight.append(sum(not m.is_ready() for m in outputs))
+            state, metrics = slow_step(state)
+            outputs.append(metrics["meta_loss"])
+            return state, metrics
+
+        return wrapped
+
+    # Metrics are read only every 16 steps (8 calls), so only the bound keeps calls in step.
+    _run(tmp_path / "run", 16, checkpoint_every=16, wrap_step=wrap, log_every=16)
+    assert len(in_flight) == 8 and max(in_flight) <= 1, in_flight
 
 
 def test_cli_exits_with_128_plus_the_signal_after_a_graceful_stop(monkeypatch, capsys):
