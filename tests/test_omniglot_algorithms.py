@@ -122,5 +122,7 @@ def test_learned_sgd_and_truncated_meta_gradients_are_recipe_options():
 
     with pytest.raises(ValueError, match="backprop-steps is for"):
         omniglot.build_learner(omniglot.OmniglotTrain(algorithm="imaml", backprop_steps=1))
+    with pytest.raises(ValueError, match="inner-momentum is for --algorithm learned-sgd"):
+        omniglot.build_learner(omniglot.OmniglotTrain(algorithm="maml", inner_momentum=0.9))
     with pytest.raises(ValueError, match="between 0 and --inner-steps"):
         omniglot.build_learner(omniglot.OmniglotTrain(**{**base, "backprop_steps": 3}))

@@ -326,6 +326,10 @@ def build_learner(cfg: OmniglotTrain, batch_stats=None, running: bool = False):
             )
     if cfg.algorithm == "learned-sgd":
         extra["momentum"] = cfg.inner_momentum
+    elif cfg.inner_momentum != OmniglotTrain.inner_momentum:
+        raise ValueError(
+            f"--inner-momentum is for --algorithm learned-sgd; got --algorithm {cfg.algorithm}."
+        )
     if cfg.backprop_steps is not None:
         if cfg.algorithm not in _TRUNCATABLE:
             raise ValueError(
