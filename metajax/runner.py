@@ -281,9 +281,14 @@ def run_training(
     pending = None  # metrics of the last logged call, read one call later (no host stall)
     t_last, step_last = time.perf_counter(), start
 
+    # When each logged call was seen to finish (at the next call's in-flight wait): the
+    # time per step is measured between those moments, not between flushes, which lag
+    # one log period behind and come twice in a row at a checkpoint.
+    finished: dict[int, float] = {}
+
     def flush(pending_metrics, at_step):
         nonlocal t_last, step_last
-        metrics = _to_python(pending_metrics)
+        metrics = _to_python(pending_metrics)  # blocks until that call has finished
         if steps_per_call > 1:
             metrics = {k: v[-1] for k, v in metrics.items()}
         loss = metrics.get("meta_loss")
@@ -293,13 +298,15 @@ def run_training(
                 f"is in {ckpt.directory}. Common causes: a learning rate too high, labels "
                 "out of range (NaN per-example loss), or NaN/inf in the input data."
             )
-        now = time.perf_counter()
+        done = finished.pop(at_step, None)
+        if done is None:  # flushed before the next call's wait: it has just finished
+            done = time.perf_counter()
         record = {
             "step": at_step,
             **metrics,
-            "sec_per_step": (now - t_last) / max(at_step - step_last, 1),
+            "sec_per_step": (done - t_last) / max(at_step - step_last, 1),
         }
-        t_last, step_last = now, at_step
+        t_last, step_last = done, at_step
         if main:
             _append_jsonl(metrics_path, record)
             if bar is not None:
@@ -324,6 +331,8 @@ def run_training(
             # for the previous call while this one is queued keeps the device busy.
             if in_flight is not None:
                 jax.block_until_ready(in_flight)
+                if pending is not None and pending[1] == step:
+                    finished[step] = time.perf_counter()
             in_flight = metrics
             step += steps_per_call
             if bar is not None:

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import signal
+import time
 from typing import ClassVar
 
 import chex
@@ -238,6 +239,43 @@ def test_run_training_keeps_at_most_one_call_in_flight(tmp_path):
     # Metrics are read only every 16 steps (8 calls), so only the bound keeps calls in step.
     _run(tmp_path / "run", 16, checkpoint_every=16, wrap_step=wrap, log_every=16)
     assert len(in_flight) == 8 and max(in_flight) <= 1, in_flight
+
+
+def test_sec_per_step_is_the_time_of_the_logged_steps_also_at_checkpoints(tmp_path):
+    # Each call runs ~0.15 s of matmuls on the device (asynchronously: a host callback
+    # would make the CPU run it at dispatch), so every record after the first (which
+    # compiles) must give about the same time per step. Timing between flushes instead
+    # gave a quarter at each checkpoint (4 calls per record; flushed right after the
+    # previous record, it waited for one call) and then 1.75x for the next record.
+    _, _, state, step = _setup()
+    inner = jax.jit(mj.repeat_step(step, 2))
+
+    @jax.jit
+    def slow_step(state):
+        state, metrics = inner(state)
+        work = jax.lax.fori_loop(
+            0, 40, lambda i, x: jnp.tanh(x @ x) / 8, jnp.eye(384) + state.step
+        )
+        return state, jax.tree.map(lambda m: m + 0 * work[0, 0], metrics)
+
+    mj.runner.run_training(
+        workdir=str(tmp_path),
+        state=state,
+        train_step=slow_step,
+        num_steps=48,
+        steps_per_call=2,
+        log_every=8,
+        checkpoint_every=16,
+        config={"name": "test"},
+        progress=False,
+        plot=False,
+    )
+    records = mj.runner.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in records] == list(range(8, 49, 8))
+    per_step = np.array([r["sec_per_step"] for r in records[1:]])
+    # the intervals with a checkpoint also hold its save
+    ratio = per_step / np.median(per_step)
+    assert np.all((ratio > 0.6) & (ratio < 1.6)), per_step
 
 
 def test_cli_exits_with_128_plus_the_signal_after_a_graceful_stop(monkeypatch, capsys):
