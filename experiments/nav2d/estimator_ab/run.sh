@@ -16,11 +16,9 @@ for seed in ${SEEDS:-0}; do
         --out runs/nav2d/ab-eval-${grad}-s${seed}-x${scale} > $out/eval_${grad}_s${seed}_x${scale}.log 2>&1
       cp runs/nav2d/ab-eval-${grad}-s${seed}-x${scale}/nav2d_eval.json $out/eval_${grad}_s${seed}_x${scale}.json
       cp runs/nav2d/ab-eval-${grad}-s${seed}-x${scale}/nav2d_eval.md $out/eval_${grad}_s${seed}_x${scale}.md
+      python experiments/nav2d/diagnose_noise.py $wd --later-lr-scale $scale > $out/noise_${grad}_s${seed}_x${scale}.log
     done
     cp runs/nav2d/ab-eval-${grad}-s${seed}-x0.25/nav2d_trajectories.png $out/trajectories_${grad}_s${seed}_x0.25.png
     cp runs/nav2d/ab-eval-${grad}-s${seed}-x0.25/nav2d_training.png $out/training_${grad}_s${seed}.png
-    for scale in 0.25 0.5; do
-      python experiments/nav2d/diagnose_noise.py $wd --later-lr-scale $scale > $out/noise_${grad}_s${seed}_x${scale}.log
-    done
   done
 done
