@@ -175,7 +175,11 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="*", default=["learn2learn"])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--conv", default="auto", choices=["auto", "im2col", "im2col_fused", "xla"])
+    parser.add_argument(
+        "--conv",
+        default="auto",
+        choices=["auto", "im2col", "im2col_fused", "winograd_fused", "xla"],
+    )
     parser.add_argument(
         "--task-parallel",
         nargs="+",

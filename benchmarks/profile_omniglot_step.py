@@ -131,7 +131,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="W2")
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--conv", default="im2col", choices=["im2col", "im2col_fused", "xla"])
+    parser.add_argument(
+        "--conv", default="im2col", choices=["im2col", "im2col_fused", "winograd_fused", "xla"]
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     args = parser.parse_args(argv)
     records = profile(args.workload, iters=args.iters, conv=args.conv)

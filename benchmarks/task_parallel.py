@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--conv",
         default="auto",
-        choices=["auto", "im2col", "im2col_fused", "xla"],
+        choices=["auto", "im2col", "im2col_fused", "winograd_fused", "xla"],
         help="conv4 formulation",
     )
     _bench.add_output_args(parser)

@@ -37,8 +37,25 @@ def test_conv3x3_formulations_agree_layer_by_layer(c_in, size):
     w = jax.random.normal(jax.random.key(1), (3, 3, c_in, 8))
     b = jax.random.normal(jax.random.key(2), (8,))
     ref = conv4.conv3x3(x, w, b, "xla")
-    for impl in ("im2col", "im2col_vjp"):
+    for impl in ("im2col", "im2col_vjp", "winograd"):
         np.testing.assert_allclose(conv4.conv3x3(x, w, b, impl), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [14, 7, 3, 1])
+def test_winograd_convolution_and_its_corners_equal_the_plain_convolution(size):
+    # F(2x2, 3x3) on even and odd sizes (odd ones pad a row and column of tiles), in
+    # float64 so that only the algebra is tested; the corners are the 2x2 pool windows.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (3, size, size, 5), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (3, 3, 5, 4), jnp.float64)
+        ref = conv4.conv3x3(x, w, jnp.zeros(4, jnp.float64), "xla")
+        np.testing.assert_allclose(conv4._winograd_conv(x, w), ref, rtol=1e-12, atol=1e-12)
+        corners = conv4._winograd_corners(x, w)
+        even = size // 2 * 2
+        for (a, b), corner in zip([(0, 0), (0, 1), (1, 0), (1, 1)], corners):
+            np.testing.assert_allclose(
+                corner[:, : size // 2, : size // 2], ref[:, a:even:2, b:even:2], atol=1e-12
+            )
 
 
 @pytest.mark.parametrize("c_in,size", [(1, 12), (4, 3)])
@@ -207,17 +224,21 @@ def _fused_case():
     # channels (the min-pool branch), and a masked-out example.
     params = conv4.init(jax.random.key(0), ways=5, channels=16, dtype=jnp.float64)
     sign = jnp.where(jnp.arange(16) % 3 == 0, -1.0, 1.0)
-    for name in ("bn0", "bn2"):
+    for name in ("bn0", "bn1", "bn2"):
         params[name] = dict(params[name], scale=params[name]["scale"] * sign)
     images = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1), jnp.float64)
     return params, images, jnp.arange(6) < 5
 
 
 @pytest.mark.parametrize("mode", ["batch", "masked", "given_stats"])
-def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode):
+def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, monkeypatch):
     # "im2col_fused" pools before the batch-norm affine map and takes the first
     # block's statistics from the patches' moments: the same function, the same
-    # gradients of first and second order.
+    # gradients of first and second order. "winograd_fused" also convolves the
+    # second block (14x14, even) by Winograd and pools its corners; the tile threshold
+    # is lowered so that 6 images use it.
+    monkeypatch.setattr(conv4, "WINOGRAD_MIN_TILES", 1)
+    assert conv4._winograd_pays((6, 14, 14, 16)) and not conv4._winograd_pays((6, 7, 7, 16))
     with jax.enable_x64(True):
         params, images, mask = _fused_case()
         kwargs = {"masked": dict(example_mask=mask)}.get(mode, {})
@@ -227,7 +248,7 @@ def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode):
         @jax.jit  # one program per mode (eager, every primitive is compiled apart)
         def outputs(p):
             out = {}
-            for impl in ("im2col", "im2col_fused"):
+            for impl in ("im2col", "im2col_fused", "winograd_fused"):
 
                 def f(p, impl=impl):
                     logits = conv4.apply(p, images, conv=impl, **kwargs)
@@ -240,9 +261,10 @@ def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode):
 
         out = outputs(params)
         ref, ref_grad, ref_second, ref_stats = out["im2col"]
-        fused, fused_grad, fused_second, fused_stats = out["im2col_fused"]
-        np.testing.assert_allclose(fused, ref, rtol=1e-12)
-        chex.assert_trees_all_close(fused_grad, ref_grad, rtol=1e-9, atol=1e-9)
-        chex.assert_trees_all_close(fused_second, ref_second, rtol=1e-8, atol=1e-8)
-        # The statistics it reports (what running averages are made of) are the same.
-        chex.assert_trees_all_close(fused_stats, ref_stats, rtol=1e-10, atol=1e-12)
+        for impl in ("im2col_fused", "winograd_fused"):
+            fused, fused_grad, fused_second, fused_stats = out[impl]
+            np.testing.assert_allclose(fused, ref, rtol=1e-12)
+            chex.assert_trees_all_close(fused_grad, ref_grad, rtol=1e-9, atol=1e-9)
+            chex.assert_trees_all_close(fused_second, ref_second, rtol=1e-8, atol=1e-8)
+            # The statistics it reports (what running averages are made of) are the same.
+            chex.assert_trees_all_close(fused_stats, ref_stats, rtol=1e-10, atol=1e-12)

@@ -7,7 +7,6 @@ import inspect
 import json
 import os
 import signal
-import time
 from typing import ClassVar
 
 import chex
@@ -253,9 +252,7 @@ def test_sec_per_step_is_the_time_of_the_logged_steps_also_at_checkpoints(tmp_pa
     @jax.jit
     def slow_step(state):
         state, metrics = inner(state)
-        work = jax.lax.fori_loop(
-            0, 40, lambda i, x: jnp.tanh(x @ x) / 8, jnp.eye(384) + state.step
-        )
+        work = jax.lax.fori_loop(0, 40, lambda i, x: jnp.tanh(x @ x) / 8, jnp.eye(384) + state.step)
         return state, jax.tree.map(lambda m: m + 0 * work[0, 0], metrics)
 
     mj.runner.run_training(

@@ -25,11 +25,13 @@ non-transductive alternatives:
 
 Convolution formulations (``conv=``), numerically the same function:
 
-* ``"auto"`` (the default): ``"im2col_fused"`` on CPU, ``"im2col"`` on GPU, ``"xla"`` on
+* ``"auto"`` (the default): ``"winograd_fused"`` on CPU, ``"im2col"`` on GPU, ``"xla"`` on
   TPU (:func:`resolve_conv`). On the 2-core CPU (2026-12-02, alternating rounds in one
   process, ``benchmarks/results/conv_formulations_fused.md``) ``"im2col_fused"`` takes
-  the second-order W1 meta-step from 0.460 to 0.404 s and W2 from 2.491 to 1.830 s. It
-  has not been measured on a GPU, which keeps ``"im2col"``. Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
+  the second-order W1 meta-step from 0.460 to 0.404 s and W2 from 2.491 to 1.830 s;
+  on a slower host (2026-12-06, ``benchmarks/results/conv_formulations_winograd.md``)
+  ``"winograd_fused"`` takes W2 from 4.31 to 3.80 s and leaves W1 as it is (same
+  program). Neither has been measured on a GPU, which keeps ``"im2col"``. Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
   1-shot, 1 query, conv4-64, meta-batch 32, second-order MAML, tasks vmapped;
   ``benchmarks/results/gpu/task_parallel_gpu*.md``): 3.34 ms per meta-step with
   im2col against 14.3 ms with ``"xla"``, whose per-task weights become grouped
@@ -51,6 +53,19 @@ Convolution formulations (``conv=``), numerically the same function:
   its 28x28x64 output. On a W2 task (75 query images, forward and backward) the first
   block took 77 ms against 61 ms for the rest of the network timed apart, and 15 ms
   fused (``benchmarks/conv4_block_costs.py``, ``benchmarks/results/conv4_block_costs.log``).
+* ``"winograd_fused"``: ``"im2col_fused"``, except that a block whose input has even
+  height and width, at least 8 channels and at least ``WINOGRAD_MIN_TILES`` 2x2
+  output tiles (:func:`_winograd_pays`) convolves by Winograd F(2x2, 3x3)
+  (Lavin & Gray 2016: 16 multiplications per 2x2 outputs and channel pair instead of
+  36, as 16 matmuls ``[tiles, C_in] x [C_in, C_out]``). The 2x2 output tiles are the
+  max-pool's windows, so the block keeps the convolution as its four window corners
+  and pools them directly (:func:`_winograd_block`). In conv4 on 28x28 images that is
+  the second block, once a call sees 25 or more images: W2's 75 query images, not
+  W1's 5. The output transform is one ``[4, 16]`` product so that XLA computes each
+  corner, and each corner's gradient, once; written as elementwise sums, the
+  backward pass recomputed them per use and was slower than im2col.
+* ``"winograd"``: every convolution by Winograd F(2x2, 3x3), unfused (for tests and
+  other backends).
 * ``"im2col_vjp"``: ``"im2col"`` with a hand-written VJP whose input gradient is the
   convolution of the output gradient with the flipped, transposed kernel. The same
   function, and the same gradients of every order up to rounding
@@ -89,7 +104,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-ConvImpl = Literal["auto", "xla", "im2col", "im2col_vjp", "im2col_fused"]
+ConvImpl = Literal[
+    "auto", "xla", "im2col", "im2col_vjp", "im2col_fused", "winograd", "winograd_fused"
+]
 BN_EPS = 1e-5
 
 
@@ -238,7 +255,7 @@ def update_running_stats(
     return new
 
 
-def _fused_block(x, conv_params, bn_params, example_mask, stats):
+def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False):
     """One conv4 block, ``"im2col_fused"``: pooled before the batch-norm affine map.
 
     The same function as conv -> batch norm -> max-pool -> ReLU, arranged so that no
@@ -257,17 +274,23 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats):
       ``var = w_c^T Cov_P w_c`` per channel, with ``Cov_P`` the ``[9 C_in, 9 C_in]``
       (centred) covariance of the patches.
 
+    With ``winograd``, the convolution is :func:`_winograd_conv` wherever
+    :func:`_winograd_pays` says so (``"winograd_fused"``).
+
     Returns:
       ``(pooled activations, (mean, var))``, the statistics it normalised with.
     """
     n, h, wd, c_in = x.shape
     w, b = conv_params["w"], conv_params["b"]
-    patches = _patches(x)
     kernel = w.reshape(9 * c_in, -1)
+    from_patches = stats is None and 9 * c_in <= kernel.shape[1]
+    if winograd and not from_patches and _winograd_pays(x.shape):
+        return _winograd_block(x, conv_params, bn_params, example_mask, stats)
+    patches = _patches(x)
     z = jnp.dot(patches, kernel)  # [N*H*W, C_out], without the bias
     if stats is not None:
         mean, var = stats
-    elif 9 * c_in <= kernel.shape[1]:
+    elif from_patches:
         if example_mask is None:
             mu = jnp.mean(patches, axis=0)
             centred = patches - mu
@@ -293,10 +316,40 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats):
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
+def _winograd_block(x, conv_params, bn_params, example_mask, stats):
+    """:func:`_fused_block` with the convolution by Winograd F(2x2, 3x3), even H and W.
+
+    The 2x2 output tiles are the max-pool's windows, so the convolution is kept as its
+    four window corners (:func:`_winograd_corners`) and never interleaved into a
+    full-resolution tensor: the pool is a ``maximum`` of the four, and the batch
+    statistics are sums over them.
+    """
+    b = conv_params["b"]
+    corners = _winograd_corners(x, conv_params["w"])  # 4 x [N, H/2, W/2, C_out]
+    if stats is not None:
+        mean, var = stats
+    else:
+        if example_mask is None:
+            weight, count = 1.0, 4.0 * corners[0][..., :1].size
+        else:
+            weight = example_mask.astype(x.dtype)[:, None, None, None]
+            count = jnp.maximum(4.0 * jnp.sum(weight) * corners[0][0, ..., :1].size, 1.0)
+        z_mean = sum(jnp.sum(c * weight, axis=(0, 1, 2)) for c in corners) / count
+        var = sum(jnp.sum(jnp.square(c - z_mean) * weight, axis=(0, 1, 2)) for c in corners)
+        var = var / count
+        mean = z_mean + b
+    a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
+    shift = bn_params["bias"] + a * (b - mean)
+    sign = jnp.where(a >= 0, 1.0, -1.0).astype(corners[0].dtype)
+    c00, c01, c10, c11 = (c * sign for c in corners)
+    pooled = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
+    return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
+
+
 def resolve_conv(impl: ConvImpl) -> ConvImpl:
     """The formulation ``"auto"`` stands for on the default backend; others unchanged."""
     if impl == "auto":
-        return {"cpu": "im2col_fused", "tpu": "xla"}.get(jax.default_backend(), "im2col")
+        return {"cpu": "winograd_fused", "tpu": "xla"}.get(jax.default_backend(), "im2col")
     return impl
 
 
@@ -320,10 +373,12 @@ def conv3x3(x: jax.Array, w: jax.Array, b: jax.Array, impl: ConvImpl = "auto") -
         y = _im2col_conv_vjp(x, w)
     elif impl == "im2col_fused":  # the convolution alone is im2col's
         y = _im2col_conv(x, w)
+    elif impl in ("winograd", "winograd_fused"):
+        y = _winograd_conv(x, w)
     else:
         raise ValueError(
-            "conv impl must be 'auto', 'xla', 'im2col', 'im2col_vjp' or 'im2col_fused', "
-            f"got {impl!r}."
+            "conv impl must be 'auto', 'xla', 'im2col', 'im2col_vjp', 'im2col_fused', "
+            f"'winograd' or 'winograd_fused', got {impl!r}."
         )
     return y + b
 
@@ -370,6 +425,71 @@ def _im2col_conv_vjp_bwd(residuals, g):
 
 
 _im2col_conv_vjp.defvjp(_im2col_conv_vjp_fwd, _im2col_conv_vjp_bwd)
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4
+# input tile d (stride 2) and 2x2 output tile, with
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],
+#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+# The channel sums become 16 matmuls [tiles, C_in] x [C_in, C_out]: 16 products per
+# 2x2 outputs against im2col's 36, i.e. 2.25x fewer multiply-adds.
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+_WINOGRAD_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+
+# Below this many 2x2 output tiles per call the transforms cost more than the
+# matmuls save. Measured on the 2-core CPU (2026-12-06), gradient of one fused
+# 14x14x64 -> 64 block with respect to its input and parameters, im2col against
+# Winograd: 5 images (245 tiles) 5.3 / 5.8 ms, 10 images 9.1 / 12.0, 20 images
+# 18.1 / 18.4, 30 images 27.5 / 24.8, 40 images 37.3 / 30.0, 75 images 69.7 / 55.8.
+WINOGRAD_MIN_TILES = 1200
+
+
+def _winograd_pays(shape) -> bool:
+    """Whether ``"winograd_fused"`` convolves an ``[N, H, W, C_in]`` input by Winograd.
+
+    Even sizes only (odd ones waste a padded row and column of tiles: at 7x7, 30%
+    more work, and slower than im2col), enough tiles, and more than a few channels.
+    """
+    n, h, wd, c_in = shape
+    return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= WINOGRAD_MIN_TILES
+
+
+def _winograd_rows(r0, r1, r2, r3):
+    return (r0 - r2, r1 + r2, r2 - r1, r1 - r3)  # B^T applied along one axis
+
+
+def _winograd_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3x3 "same" convolution (NHWC, HWIO) by Winograd F(2x2, 3x3); any H, W >= 1."""
+    n, h, wd, _ = x.shape
+    y00, y01, y10, y11 = _winograd_corners(x, w)
+    top = jnp.stack([y00, y01], axis=3)  # [N, th, tw, 2, C]
+    bottom = jnp.stack([y10, y11], axis=3)
+    y = jnp.stack([top, bottom], axis=2)  # [N, th, 2, tw, 2, C]
+    return y.reshape(n, 2 * y00.shape[1], 2 * y00.shape[2], -1)[:, :h, :wd]
+
+
+def _winograd_corners(x: jax.Array, w: jax.Array) -> tuple[jax.Array, ...]:
+    """The four corners ``y[2i + a, 2j + b]`` (a, b in 0, 1) of a Winograd convolution.
+
+    Each is ``[N, ceil(H / 2), ceil(W / 2), C_out]``; in the order (0, 0), (0, 1),
+    (1, 0), (1, 1).
+    """
+    n, h, wd, c = x.shape
+    th, tw = -(-h // 2), -(-wd // 2)  # output tiles
+    padded = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
+    rows = [padded[:, a : a + 2 * th : 2] for a in range(4)]  # [N, th, 2 tw + 2, C]
+    tiles = []
+    for t in _winograd_rows(*rows):
+        tiles.extend(_winograd_rows(*[t[:, :, b : b + 2 * tw : 2] for b in range(4)]))
+    v = jnp.stack(tiles).reshape(16, n * th * tw, c)  # B^T d B, [16, tiles, C_in]
+    g = jnp.asarray(_WINOGRAD_G, w.dtype)
+    u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, c, -1)  # G w G^T
+    m = jnp.matmul(v, u)  # [16, tiles, C_out]
+    a = jnp.asarray(_WINOGRAD_AT, m.dtype)
+    # A^T m A as one [4, 16] x [16, tiles * C_out] product (its transpose too), so
+    # that each corner and each corner's gradient is computed once.
+    y = jnp.tensordot(jnp.kron(a, a), m, axes=1).reshape(4, n, th, tw, -1)
+    return tuple(y[i] for i in range(4))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -466,12 +586,17 @@ def _forward(params, images, conv, example_mask, batch_stats):
         raise ValueError(f"conv4 expects images [N, H, W, C]; got shape {x.shape}.")
     blocks = sum(1 for k in params if k.startswith("conv"))
     used = {}
-    fused = resolve_conv(conv) == "im2col_fused"
+    impl = resolve_conv(conv)
     for i in range(blocks):
-        if fused:
+        if impl in ("im2col_fused", "winograd_fused"):
             stats = None if batch_stats is None else batch_stats[f"bn{i}"]
             x, used[f"bn{i}"] = _fused_block(
-                x, params[f"conv{i}"], params[f"bn{i}"], example_mask, stats
+                x,
+                params[f"conv{i}"],
+                params[f"bn{i}"],
+                example_mask,
+                stats,
+                winograd=impl == "winograd_fused",
             )
             continue
         x = conv3x3(x, params[f"conv{i}"]["w"], params[f"conv{i}"]["b"], conv)

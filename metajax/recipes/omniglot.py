@@ -98,8 +98,8 @@ class OmniglotTrain:
         Reptile's direction), ``adam`` otherwise.
       steps: meta-iterations (paper: 60,000).
       channels: conv filters.
-      conv: convolution formulation: ``auto`` (``im2col`` on CPU and GPU, ``xla`` on
-        TPU; see models.conv4). The formulations compute the same function, so a run may
+      conv: convolution formulation: ``auto`` (``winograd_fused`` on CPU, ``im2col`` on
+        GPU, ``xla`` on TPU; see models.conv4). The formulations compute the same function, so a run may
         resume, or be evaluated, with another.
       steps_per_call: meta-steps fused per compiled call.
       seed: initialisation and task-sampling seed.
