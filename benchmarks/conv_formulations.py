@@ -11,6 +11,9 @@ Two measurements, in one process:
   when set before the process starts, so compare flags by running the script once per
   setting (``XLA_FLAGS=... python benchmarks/conv_formulations.py --only matmul``).
 
+``--convs winograd_fused@RULE`` times ``"winograd_fused"`` with another rule for which
+blocks use Winograd (``WINOGRAD_RULES``: ``even``; ``even-1200``, the library's; ``all``).
+
 Usage:
   python benchmarks/conv_formulations.py --workloads W1-so-1step W2-so-1step \\
       --out benchmarks/results/conv_formulations.jsonl --md benchmarks/results/conv_formulations.md
@@ -33,17 +36,36 @@ from torch_peers import get_workload  # noqa: E402  (workload definitions; no to
 
 import metajax as mj  # noqa: E402
 
+# Which blocks "winograd_fused" convolves by Winograd, for ``--convs winograd_fused@RULE``
+# (conv4._winograd_pays is read when a step is traced; the library's rule is "even-1200").
+WINOGRAD_RULES = {
+    "even": lambda shape: shape[1] % 2 == 0 and shape[2] % 2 == 0 and shape[3] >= 8,
+    "even-1200": lambda shape: (
+        shape[1] % 2 == 0
+        and shape[2] % 2 == 0
+        and shape[3] >= 8
+        and shape[0] * shape[1] * shape[2] // 4 >= 1200
+    ),  # only calls with at least 1200 2x2 output tiles
+    "all": lambda shape: shape[3] >= 8,  # odd sizes too (7x7 and 3x3 in conv4)
+}
+
 
 def time_steps(workload: str, convs, *, task_parallel: str, rounds: int) -> list[dict]:
+    from metajax.models import conv4
+
     w = get_workload(workload)
     compiled = []
-    for conv in convs:
+    default_rule = conv4._winograd_pays
+    for name in convs:
+        conv, _, rule = name.partition("@")
+        conv4._winograd_pays = WINOGRAD_RULES[rule] if rule else default_rule
         tasks, learner, outer, state = _bench.omniglot_workload(w, conv)
         step = mj.make_train_step(
             learner, outer, pre_adaptation_metrics=False, task_parallel=task_parallel
         )
         t0 = time.perf_counter()
         fn = jax.jit(step).lower(state, tasks).compile()
+        conv4._winograd_pays = default_rule
         compiled.append(
             _Step(lambda s, fn=fn, tasks=tasks: fn(s, tasks), state, time.perf_counter() - t0)
         )

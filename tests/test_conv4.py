@@ -230,15 +230,21 @@ def _fused_case():
     return params, images, jnp.arange(6) < 5
 
 
-@pytest.mark.parametrize("mode", ["batch", "masked", "given_stats"])
-def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, monkeypatch):
+@pytest.mark.parametrize(
+    "mode, all_sizes",
+    [("batch", False), ("masked", False), ("given_stats", False), ("masked", True)],
+)
+def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, all_sizes, monkeypatch):
     # "im2col_fused" pools before the batch-norm affine map and takes the first
     # block's statistics from the patches' moments: the same function, the same
     # gradients of first and second order. "winograd_fused" also convolves the
-    # second block (14x14, even) by Winograd and pools its corners; the tile threshold
-    # is lowered so that 6 images use it.
+    # second block (14x14, even) by Winograd and pools its corners (the tile threshold
+    # is lowered so that 6 images use it); with ``all_sizes`` the odd 7x7 and 3x3
+    # blocks too (half-padded tiles, masked out of the statistics).
     monkeypatch.setattr(conv4, "WINOGRAD_MIN_TILES", 1)
     assert conv4._winograd_pays((6, 14, 14, 16)) and not conv4._winograd_pays((6, 7, 7, 16))
+    if all_sizes:
+        monkeypatch.setattr(conv4, "_winograd_pays", lambda shape: shape[-1] >= 8)
     with jax.enable_x64(True):
         params, images, mask = _fused_case()
         kwargs = {"masked": dict(example_mask=mask)}.get(mode, {})

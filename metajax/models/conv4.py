@@ -29,9 +29,9 @@ Convolution formulations (``conv=``), numerically the same function:
   TPU (:func:`resolve_conv`). On the 2-core CPU (2026-12-02, alternating rounds in one
   process, ``benchmarks/results/conv_formulations_fused.md``) ``"im2col_fused"`` takes
   the second-order W1 meta-step from 0.460 to 0.404 s and W2 from 2.491 to 1.830 s;
-  on a slower host (2026-12-06, ``benchmarks/results/conv_formulations_winograd.md``)
-  ``"winograd_fused"`` takes W2 from 4.31 to 3.80 s and leaves W1 as it is (same
-  program). Neither has been measured on a GPU, which keeps ``"im2col"``. Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
+  on a slower host (2026-12-06, ``benchmarks/results/winograd_rules.md``)
+  ``"winograd_fused"`` takes W2 from 4.50 to 4.11 s and leaves W1 as it was (the
+  same program). Neither has been measured on a GPU, which keeps ``"im2col"``. Measured on an H200 (jax 0.11.2, cuDNN 9.19; W1: 5-way
   1-shot, 1 query, conv4-64, meta-batch 32, second-order MAML, tasks vmapped;
   ``benchmarks/results/gpu/task_parallel_gpu*.md``): 3.34 ms per meta-step with
   im2col against 14.3 ms with ``"xla"``, whose per-task weights become grouped
@@ -60,10 +60,11 @@ Convolution formulations (``conv=``), numerically the same function:
   36, as 16 matmuls ``[tiles, C_in] x [C_in, C_out]``). The 2x2 output tiles are the
   max-pool's windows, so the block keeps the convolution as its four window corners
   and pools them directly (:func:`_winograd_block`). In conv4 on 28x28 images that is
-  the second block, once a call sees 25 or more images: W2's 75 query images, not
-  W1's 5. The output transform is one ``[4, 16]`` product so that XLA computes each
-  corner, and each corner's gradient, once; written as elementwise sums, the
-  backward pass recomputed them per use and was slower than im2col.
+  the second block (14x14x64), in calls of 25 images or more: W2's 75 query images,
+  not W1's 5. The output transform is one ``[4, 16]`` product so
+  that XLA computes each corner, and each corner's gradient, once; written as
+  elementwise sums, the backward pass recomputed them per use and was slower than
+  im2col.
 * ``"winograd"``: every convolution by Winograd F(2x2, 3x3), unfused (for tests and
   other backends).
 * ``"im2col_vjp"``: ``"im2col"`` with a hand-written VJP whose input gradient is the
@@ -317,31 +318,44 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
 
 
 def _winograd_block(x, conv_params, bn_params, example_mask, stats):
-    """:func:`_fused_block` with the convolution by Winograd F(2x2, 3x3), even H and W.
+    """:func:`_fused_block` with the convolution by Winograd F(2x2, 3x3).
 
     The 2x2 output tiles are the max-pool's windows, so the convolution is kept as its
     four window corners (:func:`_winograd_corners`) and never interleaved into a
     full-resolution tensor: the pool is a ``maximum`` of the four, and the batch
-    statistics are sums over them.
+    statistics are sums over them. With an odd height (or width) the last row of
+    tiles is half outside the output: its corners ``(1, .)`` are masked out of the
+    statistics, and the pool (which drops the last row, as :func:`max_pool_2x2` does)
+    does not reach it.
     """
+    n, h, wd, _ = x.shape
     b = conv_params["b"]
-    corners = _winograd_corners(x, conv_params["w"])  # 4 x [N, H/2, W/2, C_out]
+    corners = _winograd_corners(x, conv_params["w"])  # 4 x [N, ceil(H/2), ceil(W/2), C]
     if stats is not None:
         mean, var = stats
     else:
+        th, tw = corners[0].shape[1:3]
+        weights = []
+        for a, c in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 1 where 2i + a < H, 2j + c < W
+            rows = (jnp.arange(th) < (h - a + 1) // 2).astype(x.dtype)
+            cols = (jnp.arange(tw) < (wd - c + 1) // 2).astype(x.dtype)
+            weights.append(rows[:, None, None] * cols[None, :, None])  # [th, tw, 1]
         if example_mask is None:
-            weight, count = 1.0, 4.0 * corners[0][..., :1].size
+            count = float(n * h * wd)
         else:
-            weight = example_mask.astype(x.dtype)[:, None, None, None]
-            count = jnp.maximum(4.0 * jnp.sum(weight) * corners[0][0, ..., :1].size, 1.0)
-        z_mean = sum(jnp.sum(c * weight, axis=(0, 1, 2)) for c in corners) / count
-        var = sum(jnp.sum(jnp.square(c - z_mean) * weight, axis=(0, 1, 2)) for c in corners)
+            m = example_mask.astype(x.dtype)[:, None, None, None]
+            weights = [w_ * m for w_ in weights]
+            count = jnp.maximum(jnp.sum(m) * h * wd, 1.0)
+        z_mean = sum(jnp.sum(c * w_, axis=(0, 1, 2)) for c, w_ in zip(corners, weights)) / count
+        var = sum(
+            jnp.sum(jnp.square(c - z_mean) * w_, axis=(0, 1, 2)) for c, w_ in zip(corners, weights)
+        )
         var = var / count
         mean = z_mean + b
     a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
     shift = bn_params["bias"] + a * (b - mean)
     sign = jnp.where(a >= 0, 1.0, -1.0).astype(corners[0].dtype)
-    c00, c01, c10, c11 = (c * sign for c in corners)
+    c00, c01, c10, c11 = (c[:, : h // 2, : wd // 2] * sign for c in corners)
     pooled = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
@@ -436,19 +450,26 @@ _im2col_conv_vjp.defvjp(_im2col_conv_vjp_fwd, _im2col_conv_vjp_bwd)
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 _WINOGRAD_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
 
-# Below this many 2x2 output tiles per call the transforms cost more than the
-# matmuls save. Measured on the 2-core CPU (2026-12-06), gradient of one fused
-# 14x14x64 -> 64 block with respect to its input and parameters, im2col against
-# Winograd: 5 images (245 tiles) 5.3 / 5.8 ms, 10 images 9.1 / 12.0, 20 images
-# 18.1 / 18.4, 30 images 27.5 / 24.8, 40 images 37.3 / 30.0, 75 images 69.7 / 55.8.
+
+# Calls with fewer 2x2 output tiles keep im2col (see _winograd_pays).
 WINOGRAD_MIN_TILES = 1200
 
 
 def _winograd_pays(shape) -> bool:
     """Whether ``"winograd_fused"`` convolves an ``[N, H, W, C_in]`` input by Winograd.
 
-    Even sizes only (odd ones waste a padded row and column of tiles: at 7x7, 30%
-    more work, and slower than im2col), enough tiles, and more than a few channels.
+    Even height and width, at least 8 input channels (the grayscale first layer keeps
+    im2col and its patch-moment statistics), and at least ``WINOGRAD_MIN_TILES`` 2x2
+    output tiles. Measured in the full second-order meta-step on the 2-core CPU
+    (2026-12-06, alternating rounds in one process, nothing else running;
+    ``benchmarks/results/winograd_rules.md``), seconds per meta-step, im2col / this
+    rule / every even block / every block:
+
+    * W2 (75 query images, 3675 tiles): 4.504 / 4.114 / 4.109 / 4.421;
+    * W1 (5 images, 245 tiles per call): 0.989 / 0.981 / 1.055 / 1.265.
+
+    So small calls stay on im2col (a run under load had suggested otherwise), and the
+    odd 7x7 and 3x3 blocks, whose last row and column of tiles is half padding, too.
     """
     n, h, wd, c_in = shape
     return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= WINOGRAD_MIN_TILES
