@@ -275,8 +275,8 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
       ``var = w_c^T Cov_P w_c`` per channel, with ``Cov_P`` the ``[9 C_in, 9 C_in]``
       (centred) covariance of the patches.
 
-    With ``winograd``, the convolution is :func:`_winograd_conv` wherever
-    :func:`_winograd_pays` says so (``"winograd_fused"``).
+    With ``winograd`` (``"winograd_fused"``), a block that :func:`_winograd_pays`
+    accepts is :func:`_winograd_block` instead.
 
     Returns:
       ``(pooled activations, (mean, var))``, the statistics it normalised with.
@@ -336,9 +336,9 @@ def _winograd_block(x, conv_params, bn_params, example_mask, stats):
     else:
         th, tw = corners[0].shape[1:3]
         weights = []
-        for a, c in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 1 where 2i + a < H, 2j + c < W
-            rows = (jnp.arange(th) < (h - a + 1) // 2).astype(x.dtype)
-            cols = (jnp.arange(tw) < (wd - c + 1) // 2).astype(x.dtype)
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 1 where 2i + dy < H, 2j + dx < W
+            rows = (jnp.arange(th) < (h - dy + 1) // 2).astype(x.dtype)
+            cols = (jnp.arange(tw) < (wd - dx + 1) // 2).astype(x.dtype)
             weights.append(rows[:, None, None] * cols[None, :, None])  # [th, tw, 1]
         if example_mask is None:
             count = float(n * h * wd)
