@@ -468,8 +468,11 @@ def _winograd_pays(shape) -> bool:
     * W2 (75 query images, 3675 tiles): 4.504 / 4.114 / 4.109 / 4.421;
     * W1 (5 images, 245 tiles per call): 0.989 / 0.981 / 1.055 / 1.265.
 
-    So small calls stay on im2col (a run under load had suggested otherwise), and the
-    odd 7x7 and 3x3 blocks, whose last row and column of tiles is half padding, too.
+    So small calls stay on im2col, and so do the odd 7x7 and 3x3 blocks, whose last
+    row and column of tiles is half padding. The block alone agrees: its gradient is
+    slower through Winograd at 5 images, even at 10-20 and 1.15-1.28x faster from 30
+    (``benchmarks/winograd_block_costs.py``,
+    ``benchmarks/results/winograd_block_costs.log``).
     """
     n, h, wd, c_in = shape
     return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= WINOGRAD_MIN_TILES
