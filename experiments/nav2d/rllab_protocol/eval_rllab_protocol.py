@@ -43,7 +43,7 @@ from metajax import rl
 from metajax.recipes import nav2d
 
 
-def make_protocol(env, policy, *, num_envs, stream_steps, batch_size, discount):
+def make_protocol(env, policy, *, num_envs, stream_steps, batch_size, discount, horizon=100):
     """Returns ``sample(params, env_params, key) -> batch`` and ``update(...)``."""
 
     def stream(params, env_params, key):
@@ -91,7 +91,7 @@ def make_protocol(env, policy, *, num_envs, stream_steps, batch_size, discount):
         ends = done * masks
         num_paths = ends.sum()
         first = (jnp.cumsum(done, axis=1) - done == 0).astype(jnp.float32)  # first episode
-        reached = ends * (s["t"] + 1 < 100)
+        reached = ends * (s["t"] + 1 < horizon)  # ended before the time limit
         return dict(
             obs=s["obs"],
             action=s["action"],
@@ -175,6 +175,7 @@ def main():
         stream_steps=stream_steps,
         batch_size=args.batch_size,
         discount=cfg.discount,
+        horizon=cfg.horizon,
     )
     inner_lr = cfg.inner_lr if args.inner_lr is None else args.inner_lr
     tasks = nav2d.held_out_tasks(args.seed, args.num_tasks, cfg.env)
