@@ -4,7 +4,10 @@ Everything is a pure function of pytrees, so one jitted program samples
 trajectories, fits baselines, adapts the policy and takes the outer step:
 
 * :func:`rollout` plays one episode with ``lax.scan`` over time; vmap it over
-  trajectories (:func:`sample_trajectories`) and over tasks at the call site. An
+  trajectories (:func:`sample_trajectories`) and over tasks at the call site.
+  :func:`sample_step_budget` is rllab's sampler instead: lockstep environments that
+  restart when an episode ends, until the completed episodes hold a budget of steps
+  (rows of back-to-back episodes, with ``Trajectory.timesteps``). An
   environment follows the gymnax API without auto-reset:
   ``reset(key, params) -> (obs, state)``,
   ``step(key, state, action, params) -> (obs, state, reward, done, info)``; its
@@ -84,6 +87,7 @@ from metajax.parallel import shard_tasks
 
 Params = Any
 MetaGradient = Literal["dice", "maml", "first_order"]
+Sampler = Literal["episodes", "steps"]
 
 
 # --------------------------------------------------------------------------- policies
@@ -217,6 +221,9 @@ class Trajectory:
         it included), 0 after.
       dones: ``[T]`` 1 at the step that ended the episode.
       log_probs: ``[T]`` log-probabilities under the sampling parameters (constants).
+      timesteps: ``None`` for one episode per row (the time step is the index along
+        ``T``); for the streams of :func:`sample_step_budget`, where a row holds
+        back-to-back episodes, ``[T]`` the time step within each step's episode.
     """
 
     observations: Any
@@ -225,6 +232,7 @@ class Trajectory:
     masks: Any
     dones: Any
     log_probs: Any
+    timesteps: Any = None
 
     def replace(self, **changes) -> Trajectory:
         return dataclasses.replace(self, **changes)
@@ -232,7 +240,7 @@ class Trajectory:
 
 jax.tree_util.register_dataclass(
     Trajectory,
-    data_fields=["observations", "actions", "rewards", "masks", "dones", "log_probs"],
+    data_fields=["observations", "actions", "rewards", "masks", "dones", "log_probs", "timesteps"],
     meta_fields=[],
 )
 
@@ -302,54 +310,203 @@ def sample_trajectories(
     return jax.vmap(lambda k: rollout(env, policy, params, env_params, k, horizon))(keys)
 
 
+def sample_step_budget(
+    env: Any,
+    policy: Policy,
+    params: Params,
+    env_params: Any,
+    key: jax.Array,
+    *,
+    num_envs: int,
+    num_steps: int,
+    horizon: int,
+) -> Trajectory:
+    """rllab's vectorised sampler: a budget of steps, not a number of episodes.
+
+    ``num_envs`` copies of the task's environment step in lockstep; each restarts as
+    soon as its episode ends (at the goal, or after ``horizon`` steps). Sampling
+    stops at the first lockstep step at which the *completed* episodes hold at least
+    ``num_steps`` steps, and unfinished episodes are dropped (mask 0), as in
+    ``sandbox/rocky/tf/samplers/vectorized_sampler.py`` of the MAML code. A task
+    whose episodes end early therefore contributes more, shorter episodes. The MAML
+    code meta-trains with one environment per task and ``20 x 100`` steps, and tests
+    with 40 environments and 4000 steps.
+
+    Returns:
+      A :class:`Trajectory` whose leaves are ``[num_envs, L, ...]`` streams of
+      back-to-back episodes, ``L = ceil(num_steps / num_envs) + horizon`` (enough
+      to reach the budget whatever the episode lengths), with ``timesteps`` set and
+      ``dones`` marking the last step of every kept episode.
+    """
+    if num_envs < 1 or num_steps < 1 or horizon < 1:
+        raise ValueError(
+            f"num_envs, num_steps and horizon must be positive; got {num_envs}, "
+            f"{num_steps}, {horizon}."
+        )
+    params = jax.lax.stop_gradient(params)
+    length = -(-num_steps // num_envs) + horizon
+
+    def stream(key):
+        reset_key, steps_key = jax.random.split(key)
+        obs, state = env.reset(reset_key, env_params)
+
+        def body(carry, step_key):
+            obs, state, t = carry
+            action_key, env_key, reset_key = jax.random.split(step_key, 3)
+            action = policy.sample(params, obs, action_key)
+            log_prob = policy.log_prob(params, obs, action)
+            next_obs, next_state, reward, done, _ = env.step(env_key, state, action, env_params)
+            done = done | (t + 1 >= horizon)
+            reset_obs, reset_state = env.reset(reset_key, env_params)
+            next_obs = jnp.where(done, reset_obs, next_obs)
+            next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, next_state)
+            out = (obs, action, reward, done, log_prob, t)
+            return (next_obs, next_state, jnp.where(done, 0, t + 1)), out
+
+        carry = (obs, state, jnp.zeros((), jnp.int32))
+        return jax.lax.scan(body, carry, jax.random.split(steps_key, length))[1]
+
+    obs, actions, rewards, done, log_probs, timesteps = jax.vmap(stream)(
+        jax.random.split(key, num_envs)
+    )
+    done = done.astype(jnp.float32)
+    # completed steps after each lockstep step; the sampler stops at the first step
+    # (1-based) where they reach the budget
+    completed = jnp.cumsum(jnp.sum(done * (timesteps + 1), axis=0))
+    stop = jnp.argmax(completed >= num_steps) + 1
+
+    def end_times(done_row):  # the 1-based lockstep step at which each step's episode ends
+        def body(later, xs):
+            t, d = xs
+            end = jnp.where(d > 0, t + 1, later)
+            return end, end
+
+        times = jnp.arange(done_row.shape[0])
+        return jax.lax.scan(body, jnp.int32(length + 1), (times, done_row), reverse=True)[1]
+
+    masks = (jax.vmap(end_times)(done) <= stop).astype(jnp.float32)
+    return Trajectory(
+        observations=obs,
+        actions=actions,
+        rewards=masks * rewards,
+        masks=masks,
+        dones=masks * done,
+        log_probs=log_probs,
+        timesteps=timesteps,
+    )
+
+
+def make_sampler(
+    env: Any,
+    policy: Policy,
+    sampler: Sampler,
+    num_trajectories: int,
+    horizon: int,
+    envs_per_task: int = 1,
+) -> Callable[[Params, Any, jax.Array], Trajectory]:
+    """``sample(params, env_params, key)`` for one task's batch.
+
+    ``"episodes"``: :func:`sample_trajectories`, ``num_trajectories`` episodes.
+    ``"steps"``: :func:`sample_step_budget` with a budget of
+    ``num_trajectories * horizon`` steps from ``envs_per_task`` environments.
+    """
+    if sampler == "episodes":
+        return lambda params, env_params, key: sample_trajectories(
+            env, policy, params, env_params, key, num_trajectories, horizon
+        )
+    if sampler == "steps":
+        return lambda params, env_params, key: sample_step_budget(
+            env,
+            policy,
+            params,
+            env_params,
+            key,
+            num_envs=envs_per_task,
+            num_steps=num_trajectories * horizon,
+            horizon=horizon,
+        )
+    raise ValueError(f"sampler must be episodes or steps; got {sampler!r}.")
+
+
 def episode_returns(trajectories: Trajectory) -> jax.Array:
-    """Undiscounted return (sum of rewards) of each episode: ``[..., T] -> [...]``."""
+    """Undiscounted return (sum of rewards) of each episode: ``[..., T] -> [...]``.
+
+    For one episode per row; see :func:`mean_episode_return` for step-budget streams.
+    """
     return jnp.sum(trajectories.rewards, axis=-1)
+
+
+def mean_episode_return(trajectories: Trajectory) -> jax.Array:
+    """Mean undiscounted return of a task's episodes: ``[..., N, T] -> [...]``.
+
+    With one episode per row, the mean of :func:`episode_returns`; for the streams of
+    :func:`sample_step_budget`, the mean over their completed episodes (rllab's
+    ``AverageReturn``, weighted towards short episodes by their number).
+    """
+    if trajectories.timesteps is None:
+        return episode_returns(trajectories).mean(-1)
+    total = jnp.sum(trajectories.rewards * trajectories.masks, axis=(-2, -1))
+    return total / jnp.maximum(jnp.sum(trajectories.dones, axis=(-2, -1)), 1.0)
 
 
 # --------------------------------------------------------------------------- advantages
 
 
-def discounted_returns(rewards: ArrayLike, masks: ArrayLike, discount: float) -> jax.Array:
+def discounted_returns(
+    rewards: ArrayLike, masks: ArrayLike, discount: float, dones: ArrayLike | None = None
+) -> jax.Array:
     """Returns-to-go ``G_t = sum_{t' >= t} discount^(t'-t) r_t'`` within the episode.
 
     Args:
       rewards: ``[T]`` (or ``[..., T]``).
       masks: same shape; steps with mask 0 contribute nothing.
       discount: the discount factor.
+      dones: for rows of back-to-back episodes (:func:`sample_step_budget`), 1 at
+        the last step of each episode: the sum restarts there. ``None``: one
+        episode per row.
 
     Returns:
       ``[..., T]`` returns-to-go (0 at masked steps).
     """
     rewards = jnp.asarray(rewards) * jnp.asarray(masks)
     masks = jnp.asarray(masks)
+    carry_on = masks if dones is None else masks * (1.0 - jnp.asarray(dones))
 
     def body(future, xs):
-        reward, mask = xs
-        value = mask * (reward + discount * future)
+        reward, mask, keep = xs
+        value = mask * reward + keep * discount * future
         return value, value
 
-    moved = (jnp.moveaxis(rewards, -1, 0), jnp.moveaxis(masks, -1, 0))
+    moved = tuple(jnp.moveaxis(x, -1, 0) for x in (rewards, masks, carry_on))
     _, returns = jax.lax.scan(
         body, jnp.zeros(rewards.shape[:-1], rewards.dtype), moved, reverse=True
     )
     return jnp.moveaxis(returns, 0, -1)
 
 
-def baseline_features(observations: ArrayLike) -> jax.Array:
+def baseline_features(observations: ArrayLike, timesteps: ArrayLike | None = None) -> jax.Array:
     """rllab's linear-baseline features of one episode ``[T, obs] -> [T, 2 * obs + 4]``.
 
-    ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with ``o`` clipped to ``[-10, 10]``.
+    ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]`` with ``o`` clipped to ``[-10, 10]``;
+    ``t`` is the index along ``T``, or ``timesteps`` (``[..., T]``, the step within
+    each episode) where given.
     """
     obs = jnp.clip(jnp.asarray(observations, jnp.float32), -10.0, 10.0)
-    time = (jnp.arange(obs.shape[-2], dtype=jnp.float32) / 100.0)[:, None]
+    if timesteps is None:
+        time = (jnp.arange(obs.shape[-2], dtype=jnp.float32) / 100.0)[:, None]
+    else:
+        time = (jnp.asarray(timesteps, jnp.float32) / 100.0)[..., None]
     time = jnp.broadcast_to(time, obs.shape[:-1] + (1,))
     ones = jnp.ones_like(time)
     return jnp.concatenate([obs, obs**2, time, time**2, time**3, ones], axis=-1)
 
 
 def linear_feature_baseline(
-    observations: ArrayLike, returns: ArrayLike, masks: ArrayLike, reg_coeff: float = 1e-5
+    observations: ArrayLike,
+    returns: ArrayLike,
+    masks: ArrayLike,
+    reg_coeff: float = 1e-5,
+    timesteps: ArrayLike | None = None,
 ) -> jax.Array:
     """Fits rllab's linear feature baseline to one task's episodes and predicts it.
 
@@ -364,6 +521,8 @@ def linear_feature_baseline(
       returns: ``[N, T]`` returns-to-go.
       masks: ``[N, T]``.
       reg_coeff: ridge coefficient (rllab: 1e-5).
+      timesteps: ``[N, T]`` step within the episode, for streams of back-to-back
+        episodes (:func:`baseline_features`).
 
     Returns:
       ``[N, T]`` baseline values.
@@ -371,7 +530,7 @@ def linear_feature_baseline(
     observations, returns, masks = jax.lax.stop_gradient(
         (jnp.asarray(observations), jnp.asarray(returns), jnp.asarray(masks))
     )
-    features = baseline_features(observations)
+    features = baseline_features(observations, timesteps)
     num_features = features.shape[-1]
     flat = features.reshape(-1, num_features)
     root = jnp.sqrt(masks.reshape(-1, 1))
@@ -390,8 +549,13 @@ def compute_advantages(
     ``normalize`` (rllab's ``center_adv``) the advantages are standardised over the
     task's valid steps. Both are constants (no gradient).
     """
-    returns = discounted_returns(trajectories.rewards, trajectories.masks, discount)
-    baseline = linear_feature_baseline(trajectories.observations, returns, trajectories.masks)
+    streams = trajectories.timesteps is not None
+    returns = discounted_returns(
+        trajectories.rewards, trajectories.masks, discount, trajectories.dones if streams else None
+    )
+    baseline = linear_feature_baseline(
+        trajectories.observations, returns, trajectories.masks, timesteps=trajectories.timesteps
+    )
     advantages = returns - baseline
     masks = trajectories.masks
     if normalize:
@@ -424,21 +588,42 @@ def magic_box(x: jax.Array) -> jax.Array:
     return jnp.exp(x - jax.lax.stop_gradient(x))
 
 
-def dice_loss(log_probs: ArrayLike, advantages: ArrayLike, masks: ArrayLike) -> jax.Array:
+def dice_loss(
+    log_probs: ArrayLike, advantages: ArrayLike, masks: ArrayLike, dones: ArrayLike | None = None
+) -> jax.Array:
     """Loaded-DiCE surrogate (lambda = 1): REINFORCE's gradient, unbiased Hessian.
 
     ``-sum_{i,t} m_it (box(S_it) - box(S_i,t-1)) A_it / sum m`` with ``S`` the
-    cumulative masked log-probability of the episode up to ``t`` (``S_{-1} = 0``).
-    Its value is 0. See the module docstring.
+    cumulative masked log-probability of the episode up to ``t`` (0 before the
+    episode's first step). Its value is 0. See the module docstring.
 
     Args:
       log_probs: ``[..., T]`` log-probabilities under the parameters differentiated.
       advantages: ``[..., T]`` constants.
       masks: ``[..., T]``.
+      dones: for rows of back-to-back episodes (:func:`sample_step_budget`), 1 at
+        the last step of each episode, where ``S`` restarts: a reward depends only
+        on its own episode's actions. ``None``: one episode per row.
     """
     log_probs = masks_zero(jnp.asarray(log_probs), masks)
-    cumulative = jnp.cumsum(log_probs, axis=-1)
-    previous = jnp.concatenate([jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
+    if dones is None:
+        cumulative = jnp.cumsum(log_probs, axis=-1)
+        previous = jnp.concatenate(
+            [jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1
+        )
+    else:
+        # S_t = S_{t-1} (1 - done_{t-1}) + log pi_t: an associative linear recurrence
+        keep = jnp.concatenate(
+            [jnp.zeros_like(log_probs[..., :1]), 1.0 - jnp.asarray(dones)[..., :-1]], axis=-1
+        )
+
+        def combine(a, b):
+            return a[0] * b[0], b[0] * a[1] + b[1]
+
+        cumulative = jax.lax.associative_scan(combine, (keep, log_probs), axis=-1)[1]
+        previous = keep * jnp.concatenate(
+            [jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1
+        )
     return -weighted_mean((magic_box(cumulative) - magic_box(previous)) * advantages, masks)
 
 
@@ -542,6 +727,8 @@ def maml_rl(
     discount: float = 0.99,
     meta_gradient: MetaGradient = "dice",
     normalize_advantages: bool = True,
+    sampler: Sampler = "episodes",
+    envs_per_task: int = 1,
 ) -> RLMetaLearner:
     """MAML for reinforcement learning with policy-gradient inner and outer updates.
 
@@ -562,6 +749,11 @@ def maml_rl(
       discount: discount of the returns-to-go (rllab: 0.99).
       meta_gradient: ``"dice"``, ``"maml"`` or ``"first_order"`` (module docstring).
       normalize_advantages: standardise advantages per task (rllab ``center_adv``).
+      sampler: ``"episodes"``: ``num_trajectories`` episodes per batch; ``"steps"``:
+        a budget of ``num_trajectories * horizon`` steps of completed episodes from
+        ``envs_per_task`` lockstep environments (:func:`sample_step_budget`, the
+        MAML code's sampler; it meta-trains with one environment per task).
+      envs_per_task: lockstep environments per task for ``sampler="steps"``.
 
     Returns:
       An :class:`RLMetaLearner` for :func:`metajax.make_train_step`.
@@ -571,19 +763,21 @@ def maml_rl(
     if meta_gradient not in ("dice", "maml", "first_order"):
         raise ValueError(f"meta_gradient must be dice, maml or first_order; got {meta_gradient!r}.")
     inner_surrogate = dice_loss if meta_gradient == "dice" else reinforce_loss
-
-    def sample(params, env_params, key):
-        return sample_trajectories(env, policy, params, env_params, key, num_trajectories, horizon)
+    sample = make_sampler(env, policy, sampler, num_trajectories, horizon, envs_per_task)
 
     def inner_step(params, trajectories, surrogate, lr=inner_lr, advantages=None):
         if advantages is None:
             _, advantages = compute_advantages(
                 trajectories, discount, normalize=normalize_advantages
             )
+        # streams of back-to-back episodes: DiCE's cumulative log-probability restarts
+        # with each episode
+        streams = surrogate is dice_loss and trajectories.timesteps is not None
+        extra = {"dones": trajectories.dones} if streams else {}
 
         def loss(p):
             log_probs = trajectory_log_probs(policy, p, trajectories)
-            return surrogate(log_probs, advantages, trajectories.masks)
+            return surrogate(log_probs, advantages, trajectories.masks, **extra)
 
         grads = jax.grad(loss)(params)
         if meta_gradient == "first_order":
@@ -612,7 +806,7 @@ def maml_rl(
         params, trajectories = jax.lax.scan(body, meta_params, (keys[:-1], lrs))
         final = sample(params, task.env_params, keys[-1])
         trajectories = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), trajectories, final)
-        return params, AdaptationResult(episode_returns(trajectories).mean(-1), trajectories)
+        return params, AdaptationResult(mean_episode_return(trajectories), trajectories)
 
     def loss(meta_params, task: RLTask, step=None):
         del step
@@ -691,6 +885,8 @@ def pretrain_rl(
     horizon: int = 100,
     discount: float = 0.99,
     normalize_advantages: bool = True,
+    sampler: Sampler = "episodes",
+    envs_per_task: int = 1,
 ) -> RLMetaLearner:
     """The "pretrained on all tasks" baseline: one policy trained by policy gradient.
 
@@ -709,7 +905,10 @@ def pretrain_rl(
         discount=discount,
         meta_gradient="first_order",
         normalize_advantages=normalize_advantages,
+        sampler=sampler,
+        envs_per_task=envs_per_task,
     )
+    sample = make_sampler(env, policy, sampler, num_trajectories, horizon, envs_per_task)
 
     def loss(params, task: RLTask, step=None):
         del step
@@ -720,11 +919,9 @@ def pretrain_rl(
 
     def collect(params, task: RLTask):
         params = jax.lax.stop_gradient(params)
-        trajectories = sample_trajectories(
-            env, policy, params, task.env_params, task.key, num_trajectories, horizon
-        )
+        trajectories = sample(params, task.env_params, task.key)
         _, advantages = compute_advantages(trajectories, discount, normalize=normalize_advantages)
-        value = episode_returns(trajectories).mean()
+        value = mean_episode_return(trajectories)
         data = {"post": trajectories, "advantages": advantages, "adapted": params}
         return data, {"return_pre": value, "return_post": value}
 
@@ -836,12 +1033,15 @@ __all__ = [
     "gaussian_mlp_policy",
     "linear_feature_baseline",
     "magic_box",
+    "make_sampler",
     "make_trust_region_step",
     "maml_rl",
+    "mean_episode_return",
     "pretrain_rl",
     "reinforce_loss",
     "rl_task_sampler",
     "rollout",
+    "sample_step_budget",
     "sample_trajectories",
     "trajectory_log_probs",
 ]

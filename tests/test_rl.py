@@ -115,6 +115,135 @@ def test_vectorised_rollouts_equal_a_loop():
         chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], batched), single, atol=1e-6)
 
 
+# ------------------------------------------------------------------ step-budget sampler
+
+
+class FixedLength:
+    """Every episode lasts ``length`` steps; reward -1 per step, and -5 on the last one."""
+
+    def __init__(self, length):
+        self.length = length
+
+    def reset(self, key, params):
+        return jnp.zeros(2), jnp.zeros((), jnp.int32)
+
+    def step(self, key, state, action, params):
+        state = state + 1
+        done = state >= self.length
+        return state * jnp.ones(2) / 100, state, jnp.where(done, -5.0, -1.0), done, {}
+
+
+@pytest.mark.parametrize(
+    "length, num_envs, budget, horizon, episodes, steps",
+    [
+        # the MAML code's test batch: 40 lockstep environments, 4000 completed steps
+        (10, 40, 4000, 100, 400, 4000),  # one episode ends everywhere every 10 steps
+        (30, 40, 4000, 100, 160, 4800),  # 4000 is first reached at lockstep step 120
+        (100, 40, 4000, 100, 40, 4000),
+        # its training batch: one environment per task, 20 x 100 steps
+        (30, 1, 2000, 100, 67, 2010),
+        (1000, 1, 2000, 100, 20, 2000),  # episodes cut at the horizon
+    ],
+)
+def test_step_budget_sampler_keeps_completed_episodes(
+    length, num_envs, budget, horizon, episodes, steps
+):
+    policy = rl.gaussian_mlp_policy(2, 2, (4,), action_scale=0.1)
+    params = policy.init(jax.random.key(0))
+    traj = rl.sample_step_budget(
+        FixedLength(length), policy, params, None, jax.random.key(1),
+        num_envs=num_envs, num_steps=budget, horizon=horizon,
+    )  # fmt: skip
+    episode = min(length, horizon)
+    assert float(traj.dones.sum()) == episodes
+    assert float(traj.masks.sum()) == steps  # unfinished episodes are dropped
+    np.testing.assert_allclose(
+        rl.mean_episode_return(traj), -(episode - 1) - (5.0 if episode == length else 1.0)
+    )
+    # the time step restarts with every episode, and the observations follow it
+    t = np.asarray(traj.timesteps)
+    assert t.max() == episode - 1
+    np.testing.assert_array_equal(
+        np.asarray(traj.dones)[np.asarray(traj.masks) > 0] > 0,
+        t[np.asarray(traj.masks) > 0] == episode - 1,
+    )
+    np.testing.assert_allclose(traj.observations[..., 0], t / 100, atol=1e-6)
+
+
+def _stream_and_rows():
+    """Two episodes (3 and 2 steps) and an unfinished one back to back in one row, and
+    the same two episodes one per row; ``index`` maps each valid stream step to its
+    place in the rows."""
+    rewards = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    dones = jnp.array([0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    masks = jnp.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    timesteps = jnp.array([0, 1, 2, 0, 1, 2, 3])
+    index = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    row_rewards = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]])
+    row_masks = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    row_dones = jnp.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    stream = (rewards[None], masks[None], dones[None], timesteps[None])
+    return stream, (row_rewards, row_masks, row_dones), index
+
+
+def _gather(rows, index):
+    return jnp.stack([rows[i, j] for i, j in index])
+
+
+def test_returns_baseline_features_and_dice_restart_with_each_episode_of_a_stream():
+    (rewards, masks, dones, timesteps), (row_rewards, row_masks, _), index = _stream_and_rows()
+    returns = rl.discounted_returns(rewards, masks, 0.5, dones)[0, :5]
+    rows = rl.discounted_returns(row_rewards, row_masks, 0.5)
+    np.testing.assert_allclose(returns, _gather(rows, index))
+    np.testing.assert_allclose(returns, [1 + 1 + 0.75, 2 + 1.5, 3, 4 + 2.5, 5])
+    obs = jnp.stack([rewards, -rewards], axis=-1)  # any observations
+    row_obs = jnp.stack([row_rewards, -row_rewards], axis=-1)
+    np.testing.assert_allclose(
+        rl.baseline_features(obs, timesteps)[0, :5],
+        _gather(rl.baseline_features(row_obs), index),
+    )
+
+    # DiCE: the same value, gradient and Hessian as the episodes one per row
+    advantages = jnp.array([[0.5, -1.0, 2.0, 1.5, -0.5, 9.0, 9.0]])
+    row_advantages = jnp.array([[0.5, -1.0, 2.0], [1.5, -0.5, 0.0]])
+
+    def on_stream(lp, dones=dones):
+        return rl.dice_loss(lp[None], advantages, masks, dones)
+
+    def on_rows(lp):
+        rows = jnp.zeros((2, 3)).at[tuple(zip(*index))].set(lp[:5])
+        return rl.dice_loss(rows, row_advantages, row_masks)
+
+    lp = -jnp.arange(1.0, 8.0) / 4
+    chex.assert_trees_all_close(on_stream(lp), on_rows(lp), atol=1e-7)
+    chex.assert_trees_all_close(jax.grad(on_stream)(lp), jax.grad(on_rows)(lp), atol=1e-6)
+    hessian = jax.hessian(on_stream)(lp)
+    np.testing.assert_allclose(hessian, jax.hessian(on_rows)(lp), atol=1e-6)
+    # without the restarts the second episode's rewards would be credited to the first's actions
+    joined = jax.hessian(lambda x: on_stream(x, dones=None))(lp)
+    assert np.abs(np.asarray(joined - hessian)[:3, 3:5]).max() > 0.1
+
+
+def test_maml_rl_with_the_step_budget_sampler():
+    env = Nav2D()
+    policy = rl.gaussian_mlp_policy(2, 2, (8,), action_scale=0.1)
+    params = policy.init(jax.random.key(0))
+    learner = rl.maml_rl(
+        env, policy, num_trajectories=3, horizon=10, sampler="steps", envs_per_task=2
+    )
+    task = rl.rl_task_sampler(sample_nav2d_params)(jax.random.key(3))
+    (loss, aux), grads = jax.jit(jax.value_and_grad(learner.loss, has_aux=True))(params, task)
+    assert np.isfinite(float(loss)) and np.isfinite(float(aux["return_post"]))
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert optax.tree.norm(grads) > 0
+    result = learner.adapt(params, task, steps=1)[1]
+    # 2 streams of ceil(30 / 2) + 10 steps, before and after the update
+    assert result.trajectories.rewards.shape == (2, 2, 25)
+    assert float(result.trajectories.masks[0].sum()) >= 30
+    with pytest.raises(ValueError, match="sampler must be episodes or steps"):
+        rl.maml_rl(env, policy, sampler="rows")
+
+
 # ------------------------------------------------------------------ estimators
 
 
@@ -312,3 +441,9 @@ def test_nav2d_eval_can_sample_more_episodes_than_training():
         _, _, learner = nav2d.build(cfg, num_trajectories=override)
         result = learner.adapt(state.meta_params, task, steps=1)[1]
         assert result.trajectories.rewards.shape == (2, expected, 5)
+    # the MAML code's test batch: a budget of steps from lockstep environments (here
+    # 7 x 5 steps from 4 environments, streams of ceil(35 / 4) + 5 steps)
+    _, _, learner = nav2d.build(cfg, num_trajectories=7, sampler="steps", envs_per_task=4)
+    result = learner.adapt(state.meta_params, task, steps=1)[1]
+    assert result.trajectories.rewards.shape == (2, 4, 14)
+    assert (result.trajectories.masks.sum((1, 2)) >= 35).all()

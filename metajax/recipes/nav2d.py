@@ -150,6 +150,12 @@ class Nav2DTrain:
       discount: discount of the returns-to-go (rllab: 0.99).
       meta_gradient: ``dice`` (unbiased Hessian of the inner objective),
         ``maml`` (the paper's estimator) or ``first_order``.
+      sampler: ``episodes`` (``num_trajectories`` episodes per batch) or ``steps``
+        (the MAML code's sampler: ``num_trajectories * horizon`` steps of completed
+        episodes per task, from ``envs_per_task`` environments that restart when an
+        episode ends; :func:`metajax.rl.sample_step_budget`).
+      envs_per_task: lockstep environments per task with ``sampler=steps`` (the MAML
+        code meta-trains with 1).
       hidden: policy hidden widths (paper: 100, 100).
       seed: seed of the initialisation and of task sampling.
       steps_per_call: meta-steps fused into one compiled call.
@@ -176,6 +182,8 @@ class Nav2DTrain:
     max_kl: float = 0.01
     discount: float = 0.99
     meta_gradient: rl.MetaGradient = "dice"
+    sampler: rl.Sampler = "episodes"
+    envs_per_task: int = 1
     hidden: tuple[int, ...] = (100, 100)
     seed: int = 0
     steps_per_call: int = 1
@@ -199,7 +207,13 @@ class Nav2DEval:
       num_trajectories: episodes per task for each test-time inner step and for each
         reported return (default: each run's training value). The MAML code's
         evaluation (``maml_examples/test_maml_point.py``) sampled 4000 steps per
-        update, i.e. 40 episodes of 100 steps.
+        update from 40 environments (``--sampler steps --envs-per-task 40
+        --num-trajectories 40``).
+      sampler: ``episodes`` or ``steps`` (default: each run's; see
+        :class:`Nav2DTrain`). With ``steps`` the reported return is the mean over
+        each batch's completed episodes, rllab's ``AverageReturn``.
+      envs_per_task: lockstep environments per task with ``sampler=steps``
+        (default: each run's).
       later_lr_scale: factor on the step size of inner steps 2, 3, ... (the paper
         halved it after the first step at evaluation: 0.5).
       seed: seed of the held-out goals and episodes (a stream apart from training).
@@ -213,6 +227,8 @@ class Nav2DEval:
     num_tasks: int = 100
     inner_lr: float | None = None
     num_trajectories: int | None = None
+    sampler: rl.Sampler | None = None
+    envs_per_task: int | None = None
     later_lr_scale: float = 1.0
     seed: int = 12345
     out: str | None = None
@@ -229,9 +245,15 @@ def make_policy(env, hidden: tuple[int, ...]) -> rl.Policy:
     return rl.gaussian_mlp_policy(env.observation_size, env.action_size, hidden, action_scale=scale)
 
 
-def build(cfg: Nav2DTrain, inner_lr: float | None = None, num_trajectories: int | None = None):
-    """Returns ``(env, policy, learner)`` for a config (``inner_lr``, ``num_trajectories``:
-    test-time overrides of the config's)."""
+def build(
+    cfg: Nav2DTrain,
+    inner_lr: float | None = None,
+    num_trajectories: int | None = None,
+    sampler: rl.Sampler | None = None,
+    envs_per_task: int | None = None,
+):
+    """Returns ``(env, policy, learner)`` for a config (the other arguments: test-time
+    overrides of the config's values, ``None`` for the config's)."""
     env, _ = ENVS[cfg.env].make()
     policy = make_policy(env, cfg.hidden)
     kwargs = dict(
@@ -240,6 +262,8 @@ def build(cfg: Nav2DTrain, inner_lr: float | None = None, num_trajectories: int 
         num_trajectories=cfg.num_trajectories if num_trajectories is None else num_trajectories,
         horizon=cfg.horizon,
         discount=cfg.discount,
+        sampler=cfg.sampler if sampler is None else sampler,
+        envs_per_task=cfg.envs_per_task if envs_per_task is None else envs_per_task,
     )
     if cfg.algorithm == "maml":
         learner = rl.maml_rl(env, policy, meta_gradient=cfg.meta_gradient, **kwargs)
@@ -359,12 +383,16 @@ def evaluate(cfg: Nav2DEval) -> dict:
         "episodes": {
             "num_trajectories": cfg.num_trajectories or first_cfg.num_trajectories,
             "horizon": first_cfg.horizon,
+            "sampler": cfg.sampler or first_cfg.sampler,
+            "envs_per_task": cfg.envs_per_task or first_cfg.envs_per_task,
         },
         "runs": {},
     }
     policies = {}
     for name, (train_cfg, state) in runs.items():
-        _, policy, learner = build(train_cfg, cfg.inner_lr, cfg.num_trajectories)
+        _, policy, learner = build(
+            train_cfg, cfg.inner_lr, cfg.num_trajectories, cfg.sampler, cfg.envs_per_task
+        )
         untrained = name == "random init"
         algorithm = "random init" if untrained else train_cfg.algorithm
         policies[name if untrained else f"{algorithm} ({name})"] = (
@@ -420,12 +448,20 @@ def format_table(results: dict, cfg: Nav2DEval) -> str:
         cells = [f"{v:.2f}" for v in paper[: cfg.steps + 1]]
         lines.append("| MAML, paper (Table 4) | TRPO | - | " + " | ".join(cells) + " |")
     episodes = results.get("episodes", {"num_trajectories": 20, "horizon": 100})
+    n, horizon = episodes["num_trajectories"], episodes["horizon"]
+    if episodes.get("sampler", "episodes") == "steps":
+        batch = (
+            f"{n * horizon} steps of completed episodes from {episodes['envs_per_task']} "
+            f"lockstep environments (rllab's sampler)"
+        )
+        measured = f"Mean return over the episodes of a batch of {batch}"
+    else:
+        batch = f"{n} fresh episodes"
+        measured = f"Mean undiscounted return of {n} episodes per task"
     lines.append(
-        f"\nMean undiscounted return of {episodes['num_trajectories']} episodes per task "
-        f"(horizon {episodes['horizon']}), mean ± 95% CI over {cfg.num_tasks} held-out goals "
+        f"\n{measured} (horizon {horizon}), mean ± 95% CI over {cfg.num_tasks} held-out goals "
         f"(seed {cfg.seed}); each inner step is one REINFORCE update with the linear baseline "
-        f"on {episodes['num_trajectories']} fresh episodes; steps after the first use "
-        f"{cfg.later_lr_scale} x the inner step size."
+        f"on {batch}; steps after the first use {cfg.later_lr_scale} x the inner step size."
     )
     return "\n".join(lines)
 
@@ -513,7 +549,9 @@ def plot_trajectories(
             for k, color in ((0, "tab:orange"), (steps, "tab:blue")):
                 traj = jax.tree.map(lambda x, k=k: np.asarray(x[k]), result.trajectories)
                 for i in range(min(5, traj.observations.shape[0])):
-                    valid = traj.masks[i] > 0
+                    # the row's first episode (a step-budget row holds several)
+                    first = np.cumsum(traj.dones[i]) - traj.dones[i] == 0
+                    valid = (traj.masks[i] > 0) & first
                     xy = spec.positions(traj.observations[i][valid])
                     ax.plot(
                         xy[:, 0],

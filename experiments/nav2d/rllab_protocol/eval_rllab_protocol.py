@@ -9,7 +9,8 @@ averages a fixed number of episodes per task:
   steps ``batch_size / max_path_length = 40`` environments in lockstep, each
   restarting as soon as its episode ends, and stops at the first lockstep step at
   which the *completed* episodes hold at least 4000 steps; unfinished episodes are
-  dropped (``sandbox/rocky/tf/samplers/vectorized_sampler.py``).
+  dropped (``sandbox/rocky/tf/samplers/vectorized_sampler.py``). metajax has this
+  sampler as :func:`metajax.rl.sample_step_budget`.
 * **``AverageReturn`` is the mean over those episodes** (``rllab/sampler/base.py``). An
   environment whose episodes end early at the goal contributes several episodes, one
   whose episodes run to the time limit contributes one: the average is weighted
@@ -43,107 +44,49 @@ from metajax import rl
 from metajax.recipes import nav2d
 
 
-def make_protocol(env, policy, *, num_envs, stream_steps, batch_size, discount, horizon=100):
-    """Returns ``sample(params, env_params, key) -> batch`` and ``update(...)``."""
+def make_protocol(env, policy, *, num_envs, batch_size, discount, horizon=100):
+    """Returns ``sample(params, env_params, key) -> (trajectory, stats)`` and ``update(...)``.
 
-    def stream(params, env_params, key):
-        """``num_envs`` environments stepped in lockstep, each restarting when done."""
-
-        def one_env(key):
-            obs, state = env.reset(key, env_params)
-
-            def body(carry, step_key):
-                obs, state, t_episode = carry
-                action_key, env_key, reset_key = jax.random.split(step_key, 3)
-                action = policy.sample(params, obs, action_key)
-                next_obs, next_state, reward, done, _ = env.step(env_key, state, action, env_params)
-                reset_obs, reset_state = env.reset(reset_key, env_params)
-                next_obs = jnp.where(done, reset_obs, next_obs)
-                next_state = jax.tree.map(
-                    lambda a, b: jnp.where(done, a, b), reset_state, next_state
-                )
-                out = dict(obs=obs, action=action, reward=reward, done=done, t=t_episode)
-                return (next_obs, next_state, jnp.where(done, 0, t_episode + 1)), out
-
-            carry = (obs, state, jnp.zeros((), jnp.int32))
-            return jax.lax.scan(body, carry, jax.random.split(key, stream_steps))[1]
-
-        return jax.vmap(one_env)(jax.random.split(key, num_envs))  # leaves [E, L, ...]
+    Sampling is :func:`metajax.rl.sample_step_budget` (rllab's vectorised sampler);
+    the update is kept here because ``--baseline previous`` needs the fitted weights.
+    """
 
     def sample(params, env_params, key):
-        s = stream(jax.lax.stop_gradient(params), env_params, key)
-        done = s["done"].astype(jnp.float32)
-        lengths = done * (s["t"] + 1)
-        completed = jnp.cumsum(lengths.sum(0))  # completed steps after each lockstep step
-        enough = completed >= batch_size
-        stop = jnp.argmax(enough) + 1  # the sampler's last lockstep step (1-based)
-
-        def end_times(done_row):  # the (1-based) step at which each step's episode ends
-            def body(later, xs):
-                t, d = xs
-                end = jnp.where(d > 0, t + 1, later)
-                return end, end
-
-            times = jnp.arange(done_row.shape[0])
-            return jax.lax.scan(body, jnp.int32(10**6), (times, done_row), reverse=True)[1]
-
-        masks = (jax.vmap(end_times)(done) <= stop).astype(jnp.float32)
-        ends = done * masks
-        num_paths = ends.sum()
-        first = (jnp.cumsum(done, axis=1) - done == 0).astype(jnp.float32)  # first episode
-        reached = ends * (s["t"] + 1 < horizon)  # ended before the time limit
-        return dict(
-            obs=s["obs"],
-            action=s["action"],
-            reward=s["reward"],
-            done=done,
-            t=s["t"],
-            masks=masks,
-            stats=dict(
-                rllab_return=jnp.sum(s["reward"] * masks) / num_paths,
-                first_episode_return=jnp.sum(s["reward"] * first) / num_envs,
-                num_paths=num_paths,
-                reached=reached.sum() / num_paths,
-                sampled_enough=enough[-1],
-            ),
+        traj = rl.sample_step_budget(
+            env, policy, params, env_params, key,
+            num_envs=num_envs, num_steps=batch_size, horizon=horizon,
+        )  # fmt: skip
+        first = (jnp.cumsum(traj.dones, axis=1) - traj.dones == 0) * traj.masks  # first episode
+        num_paths = traj.dones.sum()
+        reached = traj.dones * (traj.timesteps + 1 < horizon)  # ended before the time limit
+        stats = dict(
+            rllab_return=rl.mean_episode_return(traj),
+            first_episode_return=jnp.sum(traj.rewards * first) / num_envs,
+            num_paths=num_paths,
+            reached=reached.sum() / num_paths,
         )
+        return traj, stats
 
-    def features(batch):
-        # rllab's linear-baseline features with the time step *within* each episode
-        feats = rl.baseline_features(batch["obs"])
-        t = (batch["t"].astype(jnp.float32) / 100.0)[..., None]
-        return jnp.concatenate([feats[..., :4], t, t**2, t**3, feats[..., -1:]], axis=-1)
-
-    def returns_to_go(batch):
-        def body(later, xs):
-            r, d = xs
-            g = r + discount * later * (1.0 - d)
-            return g, g
-
-        xs = (jnp.moveaxis(batch["reward"], 1, 0), jnp.moveaxis(batch["done"], 1, 0))
-        g = jax.lax.scan(body, jnp.zeros(batch["reward"].shape[0]), xs, reverse=True)[1]
-        return jnp.moveaxis(g, 0, 1)
-
-    def fit_baseline(batch, g, reg=1e-5):
-        f = features(batch).reshape(-1, 8)
-        root = jnp.sqrt(batch["masks"].reshape(-1, 1))
-        system = jnp.concatenate([root * f, math.sqrt(reg) * jnp.eye(8)])
-        target = jnp.concatenate([root[:, 0] * g.reshape(-1), jnp.zeros(8)])
+    def fit_baseline(features, returns, masks, reg=1e-5):
+        f = features.reshape(-1, features.shape[-1])
+        root = jnp.sqrt(masks.reshape(-1, 1))
+        system = jnp.concatenate([root * f, math.sqrt(reg) * jnp.eye(f.shape[-1])])
+        target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros(f.shape[-1])])
         return jnp.linalg.lstsq(system, target)[0]
 
-    def update(params, batch, lr, baseline_weights, baseline):
-        g = returns_to_go(batch)
-        fitted = fit_baseline(batch, g)
+    def update(params, traj, lr, baseline_weights, baseline):
+        m = traj.masks
+        g = rl.discounted_returns(traj.rewards, m, discount, traj.dones)
+        features = rl.baseline_features(traj.observations, traj.timesteps)
+        fitted = fit_baseline(features, g, m)
         weights = fitted if baseline == "current" else baseline_weights
-        advantages = g - features(batch) @ weights
-        m = batch["masks"]
+        advantages = g - features @ weights
         mean = jnp.sum(m * advantages) / m.sum()
         std = jnp.sqrt(jnp.sum(m * jnp.square(advantages - mean)) / m.sum())
         advantages = (advantages - mean) / (std + 1e-8)
 
         def loss(p):
-            log_probs = policy.log_prob(p, batch["obs"], batch["action"])
-            return -jnp.sum(m * log_probs * advantages) / m.sum()
+            return rl.reinforce_loss(rl.trajectory_log_probs(policy, p, traj), advantages, m)
 
         grads = jax.grad(loss)(params)
         return jax.tree.map(lambda p, d: p - lr * d, params, grads), fitted
@@ -166,13 +109,10 @@ def main():
     cfg, state = nav2d.load_run(args.workdir)
     env, policy, _ = nav2d.build(cfg)
     num_envs = max(1, min(100, args.batch_size // cfg.horizon))
-    # enough lockstep steps for the completed episodes to reach the budget in every case
-    stream_steps = -(-args.batch_size // num_envs) + cfg.horizon
     sample, update = make_protocol(
         env,
         policy,
         num_envs=num_envs,
-        stream_steps=stream_steps,
         batch_size=args.batch_size,
         discount=cfg.discount,
         horizon=cfg.horizon,
@@ -187,11 +127,11 @@ def main():
         keys = jax.random.split(task.key, args.steps + 1)
         stats = []
         for k in range(args.steps + 1):
-            batch = sample(params, task.env_params, keys[k])
-            stats.append(batch["stats"])
+            traj, batch_stats = sample(params, task.env_params, keys[k])
+            stats.append(batch_stats)
             if k < args.steps:
                 lr = inner_lr * (1.0 if k == 0 else args.later_lr_scale)
-                params, weights = update(params, batch, lr, weights, args.baseline)
+                params, weights = update(params, traj, lr, weights, args.baseline)
         return jax.tree.map(lambda *xs: jnp.stack(xs), *stats)
 
     stats = jax.tree.map(np.asarray, jax.lax.map(one, tasks))
@@ -202,8 +142,6 @@ def main():
         f"batch {args.batch_size} steps from {num_envs} lockstep environments; inner lr "
         f"{inner_lr}, x{args.later_lr_scale} after the first update; baseline: {args.baseline}"
     )
-    if not stats["sampled_enough"].all():
-        print(f"WARNING: {int((~stats['sampled_enough']).sum())} batches fell short of the budget")
     print(
         "| inner steps | AverageReturn, rllab (mean over the batch's episodes) "
         "| first episode of each environment | episodes per batch | ended before the time limit |"
