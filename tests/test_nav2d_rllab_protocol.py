@@ -19,21 +19,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(__file__), "..", "experiments", "nav2d", "rllab_protocol")
 )
 from eval_rllab_protocol import make_protocol  # noqa: E402
-
-
-class FixedLength:
-    """Every episode lasts ``length`` steps; reward -1 per step, and -5 on the last one."""
-
-    def __init__(self, length):
-        self.length = length
-
-    def reset(self, key, params):
-        return jnp.zeros(2), jnp.zeros((), jnp.int32)
-
-    def step(self, key, state, action, params):
-        state = state + 1
-        done = state >= self.length
-        return jnp.zeros(2), state, jnp.where(done, -5.0, -1.0), done, {}
+from test_rl import FixedLength  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.mark.parametrize(
