@@ -40,18 +40,6 @@ from metajax.recipes.omniglot import classifier_loss
 WORKLOADS = {"W1": 1, "W2": 15}  # queries per class; 5-way 1-shot, meta-batch 32
 
 
-def matmul_peak_gflops(n: int = 2048, iters: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 def build_parts(queries: int, *, conv: str, tasks_n: int = 32, ways: int = 5, shots: int = 1):
     tasks = _bench.random_omniglot_tasks(
         np.random.default_rng(0), tasks=tasks_n, ways=ways, shots=shots, queries=queries
@@ -86,7 +74,7 @@ def build_parts(queries: int, *, conv: str, tasks_n: int = 32, ways: int = 5, sh
 
 def profile(workload: str, *, iters: int, conv: str) -> list[dict]:
     queries = WORKLOADS[workload]
-    peak = matmul_peak_gflops()
+    peak = _bench.matmul_peak_gflops(repeats=5)["best"]
     parts = build_parts(queries, conv=conv)
     compiled, records = {}, {}
     for name, (fn, args) in parts.items():
