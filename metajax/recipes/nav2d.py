@@ -451,15 +451,17 @@ def format_table(results: dict, cfg: Nav2DEval) -> str:
     n, horizon = episodes["num_trajectories"], episodes["horizon"]
     if episodes.get("sampler", "episodes") == "steps":
         batch = (
-            f"{n * horizon} steps of completed episodes from {episodes['envs_per_task']} "
-            f"lockstep environments (rllab's sampler)"
+            f"a fresh batch of {n * horizon} steps of completed episodes from "
+            f"{episodes['envs_per_task']} lockstep environments (rllab's sampler)"
         )
-        measured = f"Mean return over the episodes of a batch of {batch}"
+        measured = (
+            "Mean undiscounted return over the episodes of each batch (rllab's AverageReturn)"
+        )
     else:
         batch = f"{n} fresh episodes"
         measured = f"Mean undiscounted return of {n} episodes per task"
     lines.append(
-        f"\n{measured} (horizon {horizon}), mean ± 95% CI over {cfg.num_tasks} held-out goals "
+        f"\n{measured}, horizon {horizon}, mean ± 95% CI over {cfg.num_tasks} held-out goals "
         f"(seed {cfg.seed}); each inner step is one REINFORCE update with the linear baseline "
         f"on {batch}; steps after the first use {cfg.later_lr_scale} x the inner step size."
     )
