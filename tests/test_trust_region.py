@@ -123,14 +123,20 @@ def tiny_nav2d():
     return cfg, learner, state, sampler
 
 
-@pytest.mark.parametrize("inner_steps", [1, 2])
-def test_maml_rl_trust_region_objectives_match_the_reinforce_meta_gradient(tiny_nav2d, inner_steps):
+@pytest.mark.parametrize("inner_steps, sampler", [(1, "episodes"), (2, "episodes"), (1, "steps")])
+def test_maml_rl_trust_region_objectives_match_the_reinforce_meta_gradient(
+    tiny_nav2d, inner_steps, sampler
+):
     # With two inner steps the replay runs the second on the stored episodes of the
-    # once-adapted policy: still exactly the sampled adaptation at theta.
-    cfg, learner, state, sampler = tiny_nav2d
-    if inner_steps != cfg.inner_steps:
-        _, _, learner = nav2d.build(dataclasses.replace(cfg, inner_steps=inner_steps))
-    tasks = jax.vmap(sampler)(jax.random.split(jax.random.key(1), 3))
+    # once-adapted policy: still exactly the sampled adaptation at theta. With the
+    # step-budget sampler the stored batches are streams of back-to-back episodes.
+    cfg, learner, state, sampler_fn = tiny_nav2d
+    if (inner_steps, sampler) != (cfg.inner_steps, cfg.sampler):
+        changed = dataclasses.replace(
+            cfg, inner_steps=inner_steps, sampler=sampler, envs_per_task=2
+        )
+        _, _, learner = nav2d.build(changed)
+    tasks = jax.vmap(sampler_fn)(jax.random.split(jax.random.key(1), 3))
     theta = state.meta_params
     objectives = learner.trust_region
 
