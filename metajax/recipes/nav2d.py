@@ -469,27 +469,38 @@ def format_table(results: dict, cfg: Nav2DEval) -> str:
 
 
 def plot_returns(results: dict, path: str) -> None:
-    """Average return vs. number of inner policy-gradient steps."""
+    """Average return vs. number of inner policy-gradient steps.
+
+    With a random initialisation among the runs, a second panel leaves it out, so
+    that the trained policies and the paper's curve are not squashed by its scale.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, run in results["runs"].items():
-        means = [m for m, _ in run["returns"]]
-        cis = [c for _, c in run["returns"]]
-        ax.errorbar(range(len(means)), means, yerr=cis, marker="o", capsize=3, label=name)
     spec = ENVS[results.get("env", "nav2d")]
-    if spec.paper_returns:
-        paper = spec.paper_returns
-        ax.plot(range(len(paper)), paper, "k--", label="MAML, paper")
-    ax.set_xlabel("inner policy-gradient steps")
-    ax.set_ylabel("average return")
-    ax.set_title(f"{spec.title}: return vs. adaptation steps", fontsize=9)
-    ax.set_xticks(range(len(means)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    trained = [name for name in results["runs"] if name != "random init"]
+    panels = [list(results["runs"])]
+    if len(trained) < len(results["runs"]) and trained:
+        panels.append(trained)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, names in zip(axes[0], panels):
+        for name in names:
+            run = results["runs"][name]
+            means = [m for m, _ in run["returns"]]
+            cis = [c for _, c in run["returns"]]
+            ax.errorbar(range(len(means)), means, yerr=cis, marker="o", capsize=3, label=name)
+        if spec.paper_returns:
+            paper = spec.paper_returns[: len(means)]
+            ax.plot(range(len(paper)), paper, "k--", label="MAML, paper")
+        ax.set_xlabel("inner policy-gradient steps")
+        ax.set_ylabel("average return")
+        shown = "" if len(names) == len(results["runs"]) else " (without the random init)"
+        ax.set_title(f"{spec.title}: return vs. adaptation steps{shown}", fontsize=9)
+        ax.set_xticks(range(len(means)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
