@@ -513,8 +513,8 @@ def linear_feature_baseline(
     Solves the ridge problem ``min_w sum_{i,t} m_it (f_it . w - G_it)^2 + reg ||w||^2``
     over the valid steps of all the task's episodes (as a least-squares problem on
     the stacked system, which is better conditioned in float32 than the normal
-    equations), and returns the fitted values. The fit is data: no gradient flows
-    through it.
+    equations; solved by :func:`householder_lstsq`, in plain XLA operations), and
+    returns the fitted values. The fit is data: no gradient flows through it.
 
     Args:
       observations: ``[N, T, obs]``.
@@ -536,8 +536,49 @@ def linear_feature_baseline(
     root = jnp.sqrt(masks.reshape(-1, 1))
     system = jnp.concatenate([root * flat, math.sqrt(reg_coeff) * jnp.eye(num_features)])
     target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros((num_features,))])
-    weights = jnp.linalg.lstsq(system, target)[0]
+    weights = householder_lstsq(system, target)
     return features @ weights
+
+
+def householder_lstsq(a: ArrayLike, b: ArrayLike) -> jax.Array:
+    """``argmin_x ||a x - b||`` for a tall ``a`` ``[M, N]`` of full column rank.
+
+    Householder QR and back substitution written as ``lax.fori_loop`` over the ``N``
+    columns, so the program holds no LAPACK call. On XLA:CPU a vmapped
+    ``jnp.linalg.lstsq`` is a batched LAPACK SVD custom call that splits its batch
+    over the intra-op thread pool it runs on and waits; two of them running at
+    once on a two-thread pool wait for each other forever (seen with jaxlib 0.10.2
+    in the TRPO step on PointRobot, whose 16 baseline features take the batched
+    kernel onto the pool). Householder QR is backward stable like the SVD, and
+    solves the given problem without truncating small singular values.
+    """
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    rows, cols = a.shape
+    if rows < cols:
+        raise ValueError(f"householder_lstsq needs at least as many rows as columns; got {a.shape}.")
+    index = jnp.arange(rows)
+
+    def reflect(k, ab):
+        a, b = ab
+        x = jnp.where(index >= k, a[:, k], 0.0)
+        norm = jnp.sqrt(jnp.sum(jnp.square(x)))
+        alpha = jnp.where(x[k] > 0, -norm, norm)  # the sign that avoids cancellation
+        v = x.at[k].add(-alpha)
+        vv = jnp.sum(jnp.square(v))
+        scale = jnp.where(vv > 0, 2.0 / jnp.where(vv > 0, vv, 1.0), 0.0)
+        a = a - scale * jnp.outer(v, v @ a)
+        b = b - scale * v * (v @ b)
+        return a, b
+
+    a, b = jax.lax.fori_loop(0, cols, reflect, (a, b))
+    r, qtb = a[:cols], b[:cols]
+
+    def substitute(j, x):
+        i = cols - 1 - j  # x[i + 1:] is solved, x[: i + 1] still 0
+        return x.at[i].set((qtb[i] - r[i] @ x) / r[i, i])
+
+    return jax.lax.fori_loop(0, cols, substitute, jnp.zeros((cols,), jnp.float32))
 
 
 def compute_advantages(

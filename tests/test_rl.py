@@ -102,6 +102,41 @@ def test_linear_baseline_fits_linear_returns_and_ignores_masked_steps():
     np.testing.assert_allclose(fitted[:, :4], returns[:, :4], atol=2e-3)
 
 
+@pytest.mark.parametrize("rows,cols,condition", [(40, 8, 1.0), (2016, 16, 1.0), (300, 12, 1e3), (6, 6, 10.0)])
+def test_householder_lstsq_matches_float64_lstsq(rows, cols, condition):
+    rng = np.random.default_rng(rows + cols)
+    u, _ = np.linalg.qr(rng.normal(size=(rows, cols)))
+    v, _ = np.linalg.qr(rng.normal(size=(cols, cols)))
+    a = (u * np.geomspace(1.0, 1.0 / condition, cols)) @ v.T
+    b = rng.normal(size=rows)
+    expected = np.linalg.lstsq(a, b, rcond=None)[0]
+    got = jax.jit(rl.householder_lstsq)(a.astype(np.float32), b.astype(np.float32))
+    np.testing.assert_allclose(got, expected, atol=2e-6 * condition * np.abs(expected).max())
+
+
+def test_householder_lstsq_rejects_wide_systems():
+    with pytest.raises(ValueError, match="at least as many rows"):
+        rl.householder_lstsq(jnp.ones((3, 4)), jnp.ones(3))
+
+
+def test_linear_baseline_is_the_ridge_solution_and_calls_no_lapack():
+    # rllab solves the ridge normal equations in float64; the float32 fit agrees.
+    obs = jax.random.normal(jax.random.key(0), (20, 100, 6)) * 0.3
+    returns = jax.random.normal(jax.random.key(1), (20, 100)) + jnp.arange(100) / 10.0
+    masks = jnp.ones((20, 100)).at[::3, 60:].set(0.0)
+    f = np.asarray(rl.baseline_features(obs), np.float64).reshape(-1, 16)
+    m = np.asarray(masks, np.float64).reshape(-1, 1)
+    g = np.asarray(returns, np.float64).reshape(-1)
+    w = np.linalg.solve((f * m).T @ f + 1e-5 * np.eye(16), (f * m).T @ g)
+    fitted = rl.linear_feature_baseline(obs, returns, masks)
+    np.testing.assert_allclose(np.asarray(fitted).reshape(-1), f @ w, atol=1e-4)
+    # Batched over tasks, a LAPACK custom call (jnp.linalg.lstsq's SVD) can deadlock
+    # XLA:CPU's intra-op pool (householder_lstsq's docstring); the program has none.
+    batched = jax.jit(jax.vmap(rl.linear_feature_baseline))
+    program = batched.lower(*(jnp.stack([x] * 4) for x in (obs, returns, masks))).as_text()
+    assert "custom_call" not in program
+
+
 def test_vectorised_rollouts_equal_a_loop():
     env = Nav2D()
     policy = rl.gaussian_mlp_policy(2, 2, (8,), action_scale=0.1)
