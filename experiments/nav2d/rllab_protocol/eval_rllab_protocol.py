@@ -72,7 +72,7 @@ def make_protocol(env, policy, *, num_envs, batch_size, discount, horizon=100):
         root = jnp.sqrt(masks.reshape(-1, 1))
         system = jnp.concatenate([root * f, math.sqrt(reg) * jnp.eye(f.shape[-1])])
         target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros(f.shape[-1])])
-        return jnp.linalg.lstsq(system, target)[0]
+        return rl.householder_lstsq(system, target)  # the library baseline's solver
 
     def update(params, traj, lr, baseline_weights, baseline):
         m = traj.masks
