@@ -548,8 +548,8 @@ def householder_lstsq(a: ArrayLike, b: ArrayLike) -> jax.Array:
     ``jnp.linalg.lstsq`` is a batched LAPACK SVD custom call that splits its batch
     over the intra-op thread pool it runs on and waits; two of them running at
     once on a two-thread pool wait for each other forever (seen with jaxlib 0.10.2
-    in the TRPO step on PointRobot, whose 16 baseline features take the batched
-    kernel onto the pool). Householder QR is backward stable like the SVD, and
+    on two cores: the TRPO step on PointRobot hung from a meta-batch of 8 tasks; on
+    2D navigation it never did). Householder QR is backward stable like the SVD, and
     solves the given problem without truncating small singular values.
     """
     a = jnp.asarray(a, jnp.float32)
