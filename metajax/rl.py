@@ -556,7 +556,9 @@ def householder_lstsq(a: ArrayLike, b: ArrayLike) -> jax.Array:
     b = jnp.asarray(b, jnp.float32)
     rows, cols = a.shape
     if rows < cols:
-        raise ValueError(f"householder_lstsq needs at least as many rows as columns; got {a.shape}.")
+        raise ValueError(
+            f"householder_lstsq needs at least as many rows as columns; got {a.shape}."
+        )
     index = jnp.arange(rows)
 
     def reflect(k, ab):

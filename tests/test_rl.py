@@ -102,7 +102,9 @@ def test_linear_baseline_fits_linear_returns_and_ignores_masked_steps():
     np.testing.assert_allclose(fitted[:, :4], returns[:, :4], atol=2e-3)
 
 
-@pytest.mark.parametrize("rows,cols,condition", [(40, 8, 1.0), (2016, 16, 1.0), (300, 12, 1e3), (6, 6, 10.0)])
+@pytest.mark.parametrize(
+    "rows,cols,condition", [(40, 8, 1.0), (2016, 16, 1.0), (300, 12, 1e3), (6, 6, 10.0)]
+)
 def test_householder_lstsq_matches_float64_lstsq(rows, cols, condition):
     rng = np.random.default_rng(rows + cols)
     u, _ = np.linalg.qr(rng.normal(size=(rows, cols)))

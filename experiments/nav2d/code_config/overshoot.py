@@ -25,18 +25,15 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
+from per_goal import add_arguments, goal_set
 
 from metajax import rl
 from metajax.recipes import nav2d
-from per_goal import add_goal_arguments, goal_set
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--later-lr-scale", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=3)
-    add_goal_arguments(parser)
+    add_arguments(parser)
     parser.add_argument("--threshold", type=float, default=-20.0)
     args = parser.parse_args()
     tasks, goals = goal_set(args)
@@ -79,7 +76,7 @@ def report(workdir, tasks, args):
         )
         params, rows = state.meta_params, []
         for k in range(args.steps + 1):
-            trajectories = jax.tree.map(lambda x: x[k], result.trajectories)
+            trajectories = jax.tree.map(lambda x, k=k: x[k], result.trajectories)
             row = stats(params, trajectories)
             if k < args.steps:
                 new = inner_step(params, trajectories, lrs[k])
@@ -94,13 +91,19 @@ def report(workdir, tasks, args):
 
     results = jax.lax.map(one, tasks)
     returns, rows, replay_error = jax.tree.map(np.asarray, results)
-    print(f"\n{workdir} ({cfg.meta_gradient}, inner lr {cfg.inner_lr}); "
-          f"replayed vs adapt's parameters: norm of the difference at most {replay_error.max():.2e}")
+    print(
+        f"\n{workdir} ({cfg.meta_gradient}, inner lr {cfg.inner_lr}); "
+        f"replayed vs adapt's parameters: norm of the difference at most {replay_error.max():.2e}"
+    )
     final_bad = returns[:, -1] < args.threshold
-    print(f"{int(final_bad.sum())} of {len(returns)} goals below {args.threshold:g} after "
-          f"{args.steps} steps; medians over each group (below / rest):")
-    print("| after step | return | std | mean action at start (x max speed) "
-          "| clipped actions | norm of the next step |")
+    print(
+        f"{int(final_bad.sum())} of {len(returns)} goals below {args.threshold:g} after "
+        f"{args.steps} steps; medians over each group (below / rest):"
+    )
+    print(
+        "| after step | return | std | mean action at start (x max speed) "
+        "| clipped actions | norm of the next step |"
+    )
     print("|---|---|---|---|---|---|")
     for k in range(args.steps + 1):
         cells = [
@@ -112,12 +115,16 @@ def report(workdir, tasks, args):
         ]
         print(f"| {k} | " + " | ".join(cells) + " |")
     late = final_bad & (returns[:, 1] >= args.threshold)
-    print(f"of those, {int(late.sum())} were above {args.threshold:g} after step 1 "
-          f"(a later step overshot)")
+    print(
+        f"of those, {int(late.sum())} were above {args.threshold:g} after step 1 "
+        f"(a later step overshot)"
+    )
     goals = np.asarray(tasks.env_params.goal)
     dist = np.linalg.norm(goals, axis=-1)
-    print(f"goal distance from the start, median (below / rest): "
-          f"{np.median(dist[final_bad]):.3f} / {np.median(dist[~final_bad]):.3f}")
+    print(
+        f"goal distance from the start, median (below / rest): "
+        f"{np.median(dist[final_bad]):.3f} / {np.median(dist[~final_bad]):.3f}"
+    )
 
 
 def pair(values, bad, fmt):

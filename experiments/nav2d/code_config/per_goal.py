@@ -16,7 +16,6 @@ its own episode keys.
 """
 
 import argparse
-
 import dataclasses
 
 import jax.numpy as jnp
@@ -27,11 +26,17 @@ from metajax.recipes import nav2d
 CODE_GOALS = 40  # test_num_goals in the MAML code's test script
 
 
-def add_goal_arguments(parser):
+def add_arguments(parser):
+    """The runs, the test schedule and the goals (shared with overshoot.py)."""
+    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("--later-lr-scale", type=float, default=0.5)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--num-tasks", type=int, default=100)
     parser.add_argument(
-        "--goals", choices=["held-out", "code", "code-6"], default="held-out",
+        "--goals",
+        choices=["held-out", "code", "code-6"],
+        default="held-out",
         help="held-out: --num-tasks goals drawn with --seed; code: the MAML code's 40 test "
         "goals; code-6: the one its stored test script keeps, --num-tasks times",
     )
@@ -58,10 +63,7 @@ def goal_set(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--later-lr-scale", type=float, default=0.5)
-    parser.add_argument("--steps", type=int, default=3)
-    add_goal_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args()
     tasks, goals = goal_set(args)
     print(f"{goals}, later steps x{args.later_lr_scale}")
