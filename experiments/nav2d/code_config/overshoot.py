@@ -25,6 +25,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from per_goal import add_arguments, goal_set
 
 from metajax import rl
@@ -80,12 +81,12 @@ def report(workdir, tasks, args):
             row = stats(params, trajectories)
             if k < args.steps:
                 new = inner_step(params, trajectories, lrs[k])
-                row["step_norm"] = tree_norm(jax.tree.map(jnp.subtract, new, params))
+                row["step_norm"] = optax.global_norm(jax.tree.map(jnp.subtract, new, params))
                 params = new
             else:
                 row["step_norm"] = jnp.float32(jnp.nan)
             rows.append(row)
-        replay_error = tree_norm(jax.tree.map(jnp.subtract, params, adapted))
+        replay_error = optax.global_norm(jax.tree.map(jnp.subtract, params, adapted))
         rows = jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
         return result.returns, rows, replay_error
 
@@ -130,10 +131,6 @@ def report(workdir, tasks, args):
 def pair(values, bad, fmt):
     a = np.median(values[bad]) if bad.any() else np.nan
     return f"{a:{fmt}} / {np.median(values[~bad]):{fmt}}"
-
-
-def tree_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
 if __name__ == "__main__":
