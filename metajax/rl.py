@@ -707,9 +707,10 @@ class RLMetaLearner(NamedTuple):
       loss: ``(meta_params, task, step=None) -> (loss, aux)`` for one :class:`RLTask`;
         ``aux`` has ``return_pre`` and ``return_post`` (mean undiscounted episode
         return before and after adaptation).
-      adapt: ``(meta_params, task, *, steps, later_lr_scale=1.0) -> (params,
-        AdaptationResult)``; ``later_lr_scale`` scales the inner step size of every
-        step after the first.
+      adapt: ``(meta_params, task, *, steps, later_lr_scale=1.0, observe=None) ->
+        (params, AdaptationResult)``; ``later_lr_scale`` scales the inner step size of
+        every step after the first; ``observe(params)`` is recorded for the parameters
+        of every batch (:attr:`AdaptationResult.observations`).
       params: ``meta_params -> params``.
       loss_fn: unused (``make_train_step(..., pre_adaptation_metrics=False)``).
       inner_steps: inner steps used in training.
@@ -753,10 +754,14 @@ class AdaptationResult(NamedTuple):
       returns: ``[steps + 1]`` mean undiscounted return of the episodes sampled after
         0, 1, ..., ``steps`` inner updates.
       trajectories: those episodes, each leaf ``[steps + 1, N, T, ...]``.
+      observations: ``observe(params)`` of the parameters that sampled them (after 0,
+        1, ..., ``steps`` updates), each leaf stacked along a leading ``[steps + 1]``
+        axis; ``None`` without an observer (as :func:`metajax.inner.adapt`'s).
     """
 
     returns: jax.Array
     trajectories: Trajectory
+    observations: Any = None
 
 
 def maml_rl(
@@ -834,22 +839,30 @@ def maml_rl(
         steps: int | None = None,
         surrogate=reinforce_loss,
         later_lr_scale: float = 1.0,
+        observe: Callable[[Params], Any] | None = None,
     ):
         # later_lr_scale multiplies the step size of every inner step after the first
-        # (the paper halves it at test time: later_lr_scale=0.5).
+        # (the paper halves it at test time: later_lr_scale=0.5). observe, if given, is
+        # applied to the parameters that sample each batch (AdaptationResult).
         steps = inner_steps if steps is None else steps
         keys = jax.random.split(task.key, steps + 1)
         lrs = inner_lr * jnp.where(jnp.arange(steps) == 0, 1.0, later_lr_scale)
+        look = observe if observe is not None else lambda params: None
 
         def body(params, xs):
             key, lr = xs
             trajectories = sample(params, task.env_params, key)
-            return inner_step(params, trajectories, surrogate, lr), trajectories
+            new = inner_step(params, trajectories, surrogate, lr)
+            return new, (trajectories, look(params))
 
-        params, trajectories = jax.lax.scan(body, meta_params, (keys[:-1], lrs))
-        final = sample(params, task.env_params, keys[-1])
-        trajectories = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), trajectories, final)
-        return params, AdaptationResult(mean_episode_return(trajectories), trajectories)
+        params, seen = jax.lax.scan(body, meta_params, (keys[:-1], lrs))
+        final = (sample(params, task.env_params, keys[-1]), look(params))
+        trajectories, observations = jax.tree.map(
+            lambda a, b: jnp.concatenate([a, b[None]]), seen, final
+        )
+        return params, AdaptationResult(
+            mean_episode_return(trajectories), trajectories, observations
+        )
 
     def loss(meta_params, task: RLTask, step=None):
         del step

@@ -281,6 +281,40 @@ def test_maml_rl_with_the_step_budget_sampler():
         rl.maml_rl(env, policy, sampler="rows")
 
 
+def test_adapt_observes_the_parameters_of_every_batch():
+    env = Nav2D()
+    policy = rl.gaussian_mlp_policy(2, 2, (8,), action_scale=0.1)
+    params = policy.init(jax.random.key(0))
+    learner = rl.maml_rl(env, policy, num_trajectories=3, horizon=10, inner_lr=0.5)
+    task = rl.rl_task_sampler(sample_nav2d_params)(jax.random.key(3))
+    adapt = jax.jit(learner.adapt, static_argnames=("steps", "observe"))
+    plain_params, plain = adapt(params, task, steps=2, later_lr_scale=0.5)
+    assert plain.observations is None
+    adapted, result = adapt(params, task, steps=2, later_lr_scale=0.5, observe=lambda p: p)
+    # observing changes nothing, and the record starts at the meta-parameters and ends
+    # at the adapted ones
+    chex.assert_trees_all_close(adapted, plain_params)
+    chex.assert_trees_all_close(result.trajectories, plain.trajectories)
+    seen = [jax.tree.map(lambda x, k=k: x[k], result.observations) for k in range(3)]
+    chex.assert_trees_all_close(seen[0], params)
+    chex.assert_trees_all_close(seen[2], adapted)
+    # each recorded step is the inner update on the batch those parameters sampled,
+    # the second at half the step size
+    for k, lr in ((0, 0.5), (1, 0.25)):
+        batch = jax.tree.map(lambda x, k=k: x[k], result.trajectories)
+        _, advantages = rl.compute_advantages(batch, 0.99)
+        grads = jax.grad(
+            lambda p, b=batch, a=advantages: rl.reinforce_loss(
+                rl.trajectory_log_probs(policy, p, b), a, b.masks
+            )
+        )(seen[k])
+        expected = jax.tree.map(lambda p, g, lr=lr: p - lr * g, seen[k], grads)
+        chex.assert_trees_all_close(seen[k + 1], expected, atol=1e-6)
+    assert optax.tree.norm(jax.tree.map(jnp.subtract, seen[1], seen[0])) > 0
+    log_stds = adapt(params, task, steps=2, observe=lambda p: p["log_std"])[1].observations
+    assert log_stds.shape == (3, 2)
+
+
 # ------------------------------------------------------------------ estimators
 
 
