@@ -534,8 +534,9 @@ def linear_feature_baseline(
     num_features = features.shape[-1]
     flat = features.reshape(-1, num_features)
     root = jnp.sqrt(masks.reshape(-1, 1))
-    system = jnp.concatenate([root * flat, math.sqrt(reg_coeff) * jnp.eye(num_features)])
-    target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros((num_features,))])
+    ridge = math.sqrt(reg_coeff) * jnp.eye(num_features, dtype=flat.dtype)
+    system = jnp.concatenate([root * flat, ridge])
+    target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros_like(ridge[0])])
     weights = householder_lstsq(system, target)
     return features @ weights
 
@@ -550,10 +551,12 @@ def householder_lstsq(a: ArrayLike, b: ArrayLike) -> jax.Array:
     once on a two-thread pool wait for each other forever (seen with jaxlib 0.10.2
     on two cores: the TRPO step on PointRobot hung from a meta-batch of 8 tasks; on
     2D navigation it never did). Householder QR is backward stable like the SVD, and
-    solves the given problem without truncating small singular values.
+    solves the given problem without truncating small singular values. It computes in
+    the inputs' floating dtype, at least float32 (float64 inputs under x64 stay float64).
     """
-    a = jnp.asarray(a, jnp.float32)
-    b = jnp.asarray(b, jnp.float32)
+    dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
+    a = jnp.asarray(a, dtype)
+    b = jnp.asarray(b, dtype)
     rows, cols = a.shape
     if rows < cols:
         raise ValueError(
@@ -580,7 +583,7 @@ def householder_lstsq(a: ArrayLike, b: ArrayLike) -> jax.Array:
         i = cols - 1 - j  # x[i + 1:] is solved, x[: i + 1] still 0
         return x.at[i].set((qtb[i] - r[i] @ x) / r[i, i])
 
-    return jax.lax.fori_loop(0, cols, substitute, jnp.zeros((cols,), jnp.float32))
+    return jax.lax.fori_loop(0, cols, substitute, jnp.zeros((cols,), dtype))
 
 
 def compute_advantages(

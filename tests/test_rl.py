@@ -116,6 +116,20 @@ def test_householder_lstsq_matches_float64_lstsq(rows, cols, condition):
     np.testing.assert_allclose(got, expected, atol=2e-6 * condition * np.abs(expected).max())
 
 
+def test_householder_lstsq_keeps_float64_under_x64():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 6)), rng.normal(size=50)
+    expected = np.linalg.lstsq(a, b, rcond=None)[0]
+    with jax.enable_x64(True):
+        got = jax.jit(rl.householder_lstsq)(a, b)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+    # integer inputs are solved in floating point, not truncated
+    halves = rl.householder_lstsq(2 * np.eye(3, dtype=np.int32), np.arange(3, dtype=np.int32))
+    np.testing.assert_allclose(halves, [0.0, 0.5, 1.0], atol=1e-6)
+    assert rl.householder_lstsq(a.astype(np.float32), b.astype(np.float32)).dtype == jnp.float32
+
+
 def test_householder_lstsq_rejects_wide_systems():
     with pytest.raises(ValueError, match="at least as many rows"):
         rl.householder_lstsq(jnp.ones((3, 4)), jnp.ones(3))
