@@ -32,6 +32,8 @@ from metajax.checkpoint import Checkpointer
 
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
+BEST_DIR = "best"  # <workdir>/best: a run directory holding the best checkpoint (keep_best)
+BEST_FILE = "best.json"
 # Config keys that may change between a run and its resumption (they do not change
 # the numbers the run produces).
 OPERATIONAL_KEYS = frozenset(
@@ -43,6 +45,7 @@ OPERATIONAL_KEYS = frozenset(
         "eval_every",
         "checkpoint_every",
         "steps_per_call",
+        "keep_best",  # which checkpoint is also kept, not what is trained
         "data_dir",
         "val_episodes",  # changes what validation reports, not the training trajectory
         # Numerically equivalent formulations (same function, different programs).
@@ -171,6 +174,67 @@ def jit_on_devices(step: Callable, devices: int, meta_batch: int, *placed: Any) 
     return (parallel.shard_train_step(step, mesh), *parallel.replicate(placed, mesh))
 
 
+class _BestKeeper:
+    """Keeps the checkpoint with the best value of one metric in ``<workdir>/best``.
+
+    ``<workdir>/best`` is itself a run directory (``config.json`` and
+    ``checkpoints/<step>``, one checkpoint), so anything that reads a run reads the
+    best one (``metajax eval ... --workdirs <workdir>/best``); ``best.json`` there says
+    which metric, value and step it holds. ``metric`` names a training metric or,
+    where none has that name, an ``eval_fn`` result of the same step; a leading ``-``
+    keeps the smallest value instead of the largest.
+    """
+
+    def __init__(self, workdir: str, metric: str, main: bool):
+        self.name = metric.removeprefix("-")
+        self.sign = -1.0 if metric.startswith("-") else 1.0
+        self.metric, self.main = metric, main
+        self.directory = os.path.join(workdir, BEST_DIR)
+        self.ckpt = Checkpointer(self.directory, max_to_keep=1)
+        self.best = -math.inf  # sign * value of the kept checkpoint
+        kept = self.ckpt.latest_step()
+        path = os.path.join(self.directory, BEST_FILE)
+        if kept is not None and os.path.exists(path):
+            with open(path) as f:
+                info = json.load(f)
+            # A crash between the checkpoint and this file leaves them disagreeing:
+            # the kept checkpoint is then replaced at the next checkpoint step.
+            if info.get("step") == kept and info.get("metric") == metric:
+                self.best = self.sign * float(info["value"])
+
+    def offer(self, step: int, state: Any, metrics: dict, evaluated: dict | None, config_path: str):
+        """Saves ``state`` as the best checkpoint if its metric beats the kept one's."""
+        source = metrics if self.name in metrics else (evaluated or {})
+        if self.name not in source:
+            raise ValueError(
+                f"keep_best={self.metric!r}: no metric {self.name!r} at step {step}. Training "
+                f"metrics: {sorted(metrics)}; evaluation metrics this step: "
+                f"{sorted(evaluated or {})}."
+            )
+        value = float(np.asarray(source[self.name]).reshape(-1)[-1])
+        if not math.isfinite(value) or self.sign * value <= self.best:
+            return
+        self.best = self.sign * value
+        if self.main and os.path.exists(config_path):
+            with open(config_path) as f:
+                config = f.read()
+            with open(os.path.join(self.directory, "config.json.tmp"), "w") as f:
+                f.write(config)
+            os.replace(
+                os.path.join(self.directory, "config.json.tmp"),
+                os.path.join(self.directory, "config.json"),
+            )
+        self.ckpt.save(step, state)
+        if self.main:
+            path = os.path.join(self.directory, BEST_FILE)
+            with open(path + ".tmp", "w") as f:
+                json.dump({"metric": self.metric, "value": value, "step": step}, f)
+            os.replace(path + ".tmp", path)
+
+    def close(self):
+        self.ckpt.close()
+
+
 def run_training(
     *,
     workdir: str,
@@ -187,6 +251,7 @@ def run_training(
     plot: bool = True,
     description: str = "meta-train",
     legacy_defaults: dict | None = None,
+    keep_best: str | None = None,
 ) -> Any:
     """Runs (or resumes) meta-training until ``state.step == num_steps``.
 
@@ -208,6 +273,11 @@ def run_training(
       legacy_defaults: for config keys missing from an existing run's
         ``config.json``, the value that run had (see :func:`with_legacy_defaults`);
         other missing keys are taken to have had the value now given.
+      keep_best: a metric name (a leading ``-`` to minimise it): at every checkpoint
+        step, the state is also saved in ``<workdir>/best`` if that step's value beats
+        the kept one (training metrics of the step's call, else its ``eval_fn``
+        result). ``<workdir>/best`` is a run directory of its own (the paper
+        protocol of picking the iterate with the best training return, say).
 
     Returns:
       The final train state.
@@ -256,6 +326,7 @@ def run_training(
         os.replace(config_path + ".tmp", config_path)
 
     ckpt = Checkpointer(workdir)
+    keeper = _BestKeeper(workdir, keep_best, main) if keep_best else None
     # A restored state is committed to its device and a fresh one is not, and jit
     # compiles the two as different programs; committing both lets a resumed run
     # reuse the first run's compiled step (from the persistent compilation cache).
@@ -348,6 +419,7 @@ def run_training(
                     pending = None
                 ckpt.save(step, state)
                 raise Interrupted(signum, step, workdir)
+            result = None
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 result = _to_python(eval_fn(state))
                 if main:
@@ -358,6 +430,8 @@ def run_training(
                     flush(*pending)  # never checkpoint a state whose loss is NaN
                     pending = None
                 ckpt.save(step, state)
+                if keeper is not None:
+                    keeper.offer(step, state, _to_python(metrics), result, config_path)
                 if main and plot:
                     from metajax.plots import plot_learning_curve  # plots imports runner
 
@@ -369,6 +443,8 @@ def run_training(
         if bar is not None:
             bar.close()
         ckpt.close()
+        if keeper is not None:
+            keeper.close()
     return state
 
 

@@ -375,3 +375,65 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_last_good_checkpoint(tmp_pa
     assert max(steps) <= 4, steps
     with open(tmp_path / "metrics.jsonl") as f:
         assert all(np.isfinite(json.loads(line)["meta_loss"]) for line in f)
+
+
+# score logged after each step (index = the step reached), for keep_best
+_SCORES = jnp.array([0.0, 0.0, 1.0, 0.0, 3.0, 0.0, 2.0, 0.0, 5.0, 0.0, 4.0, 0.0, 0.5])
+
+
+def _run_scored(workdir, num_steps, keep_best):
+    _, _, state, step = _setup()
+
+    @jax.jit
+    def scored(s):
+        s, m = step(s)
+        return s, {**m, "score": _SCORES[s.step]}
+
+    return mj.runner.run_training(
+        workdir=str(workdir),
+        state=state,
+        train_step=scored,
+        num_steps=num_steps,
+        log_every=2,
+        checkpoint_every=2,
+        config={"name": "test"},
+        progress=False,
+        plot=False,
+        keep_best=keep_best,
+    )
+
+
+def _kept(workdir):
+    best = os.path.join(workdir, "best")
+    with open(os.path.join(best, "best.json")) as f:
+        info = json.load(f)
+    return mj.Checkpointer(best).all_steps(), info
+
+
+def test_keep_best_keeps_the_checkpoint_with_the_best_metric(tmp_path):
+    final = _run_scored(tmp_path / "max", 12, "score")
+    steps, info = _kept(tmp_path / "max")
+    assert steps == [8] and info == {"metric": "score", "value": 5.0, "step": 8}
+    # the kept state is the run's own state at step 8, and best/ is a run directory
+    main, best = mj.Checkpointer(tmp_path / "max"), mj.Checkpointer(tmp_path / "max" / "best")
+    chex.assert_trees_all_equal(
+        jax.device_get(best.restore(8, final)), jax.device_get(main.restore(8, final))
+    )
+    with open(tmp_path / "max" / "best" / "config.json") as f:
+        assert json.load(f) == {"name": "test"}
+    _run_scored(tmp_path / "min", 12, "-score")
+    assert _kept(tmp_path / "min")[0] == [12]
+
+
+def test_keep_best_survives_resumption(tmp_path):
+    _run_scored(tmp_path / "a", 8, "score")  # best so far: step 8 (5.0)
+    _run_scored(tmp_path / "a", 12, "score")  # 4.0 and 0.5 later must not replace it
+    assert _kept(tmp_path / "a")[0] == [8]
+    _run_scored(tmp_path / "b", 6, "score")  # best so far: step 4 (3.0)
+    _run_scored(tmp_path / "b", 12, "score")
+    assert _kept(tmp_path / "b")[1]["step"] == 8
+
+
+def test_keep_best_names_a_missing_metric(tmp_path):
+    with pytest.raises(ValueError, match="keep_best='accuracy': no metric 'accuracy' at step 2"):
+        _run_scored(tmp_path, 4, "accuracy")

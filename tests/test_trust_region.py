@@ -182,6 +182,7 @@ def test_nav2d_recipe_trains_with_trpo_and_resumes(tmp_path):
         outer_optimizer="trpo",
         checkpoint_every=1,
         log_every=1,
+        keep_best="return_post",
     )
     workdir = str(tmp_path / "trpo")
     final = nav2d.train(nav2d.Nav2DTrain(workdir=workdir, **tiny))
@@ -191,3 +192,7 @@ def test_nav2d_recipe_trains_with_trpo_and_resumes(tmp_path):
     rows = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.0 <= r["kl"] <= cfg.max_kl for r in rows)
+    # the iterate with the best training return is kept as a run directory of its own
+    best_cfg, best = nav2d.load_run(f"{workdir}/best")
+    assert best_cfg == cfg
+    assert int(best.step) == max(rows, key=lambda r: r["return_post"])["step"]

@@ -161,6 +161,10 @@ class Nav2DTrain:
       steps_per_call: meta-steps fused into one compiled call.
       log_every: metrics period (steps).
       checkpoint_every: checkpoint period (steps).
+      keep_best: a training metric (e.g. ``return_post``; ``-name`` to minimise):
+        each checkpoint step's state is also kept in ``<workdir>/best`` if it beats
+        the one kept there (the MAML paper evaluated "the model with the best average
+        return during training"); ``""`` keeps no such copy.
       progress: show a progress bar.
       devices: devices the meta-batch is sharded over (:mod:`metajax.parallel`; both
         outer optimisers): 0 for every device, 1 for a single one. A meta-batch that
@@ -189,6 +193,7 @@ class Nav2DTrain:
     steps_per_call: int = 1
     log_every: int = 5
     checkpoint_every: int = 50
+    keep_best: str = ""
     progress: bool = True
     devices: int = 0
 
@@ -320,6 +325,7 @@ def train(cfg: Nav2DTrain) -> TrainState:
         progress=cfg.progress,
         plot=False,
         description=f"{cfg.env}/{cfg.algorithm}",
+        keep_best=cfg.keep_best or None,
     )
 
 
