@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -216,14 +217,9 @@ class _BestKeeper:
             return
         self.best = self.sign * value
         if self.main and os.path.exists(config_path):
-            with open(config_path) as f:
-                config = f.read()
-            with open(os.path.join(self.directory, "config.json.tmp"), "w") as f:
-                f.write(config)
-            os.replace(
-                os.path.join(self.directory, "config.json.tmp"),
-                os.path.join(self.directory, "config.json"),
-            )
+            tmp = os.path.join(self.directory, "config.json.tmp")
+            shutil.copyfile(config_path, tmp)
+            os.replace(tmp, os.path.join(self.directory, "config.json"))
         self.ckpt.save(step, state)
         if self.main:
             path = os.path.join(self.directory, BEST_FILE)
@@ -430,7 +426,7 @@ def run_training(
                     flush(*pending)  # never checkpoint a state whose loss is NaN
                     pending = None
                 ckpt.save(step, state)
-                if keeper is not None:
+                if keeper is not None:  # (a crash right here loses this one candidate)
                     keeper.offer(step, state, _to_python(metrics), result, config_path)
                 if main and plot:
                     from metajax.plots import plot_learning_curve  # plots imports runner
