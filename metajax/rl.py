@@ -507,6 +507,7 @@ def linear_feature_baseline(
     masks: ArrayLike,
     reg_coeff: float = 1e-5,
     timesteps: ArrayLike | None = None,
+    solve: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """Fits rllab's linear feature baseline to one task's episodes and predicts it.
 
@@ -523,6 +524,9 @@ def linear_feature_baseline(
       reg_coeff: ridge coefficient (rllab: 1e-5).
       timesteps: ``[N, T]`` step within the episode, for streams of back-to-back
         episodes (:func:`baseline_features`).
+      solve: ``(a, b) -> argmin_x ||a x - b||``; default :func:`householder_lstsq`
+        (``lambda a, b: jnp.linalg.lstsq(a, b)[0]`` is LAPACK's, which can deadlock
+        when vmapped on a small XLA:CPU thread pool; see there).
 
     Returns:
       ``[N, T]`` baseline values.
@@ -537,7 +541,7 @@ def linear_feature_baseline(
     ridge = math.sqrt(reg_coeff) * jnp.eye(num_features, dtype=flat.dtype)
     system = jnp.concatenate([root * flat, ridge])
     target = jnp.concatenate([root[:, 0] * returns.reshape(-1), jnp.zeros_like(ridge[0])])
-    weights = householder_lstsq(system, target)
+    weights = (householder_lstsq if solve is None else solve)(system, target)
     return features @ weights
 
 

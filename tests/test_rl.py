@@ -151,6 +151,11 @@ def test_linear_baseline_is_the_ridge_solution_and_calls_no_lapack():
     batched = jax.jit(jax.vmap(rl.linear_feature_baseline))
     program = batched.lower(*(jnp.stack([x] * 4) for x in (obs, returns, masks))).as_text()
     assert "custom_call" not in program
+    # another solver can be given (here LAPACK's, unbatched): the same fit
+    lapack = rl.linear_feature_baseline(
+        obs, returns, masks, solve=lambda a, b: jnp.linalg.lstsq(a, b)[0]
+    )
+    np.testing.assert_allclose(lapack, fitted, atol=1e-4)
 
 
 def test_vectorised_rollouts_equal_a_loop():
