@@ -196,3 +196,5 @@ def test_nav2d_recipe_trains_with_trpo_and_resumes(tmp_path):
     best_cfg, best = nav2d.load_run(f"{workdir}/best")
     assert best_cfg == cfg
     assert int(best.step) == max(rows, key=lambda r: r["return_post"])["step"]
+    nav2d.plot_training((f"{workdir}/best",), str(tmp_path / "training.png"))  # its run's curve
+    assert (tmp_path / "training.png").stat().st_size > 5_000

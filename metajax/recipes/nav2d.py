@@ -523,7 +523,10 @@ def plot_training(workdirs: tuple[str, ...], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for workdir in workdirs:
-        records = read_jsonl(os.path.join(workdir, METRICS_FILE))
+        metrics = os.path.join(workdir, METRICS_FILE)
+        if not os.path.exists(metrics):  # <run>/best (keep_best): its run's curve
+            metrics = os.path.join(os.path.dirname(os.path.normpath(workdir)), METRICS_FILE)
+        records = read_jsonl(metrics)
         steps = [r["step"] for r in records]
         ax.plot(steps, [r["return_pre"] for r in records], lw=1, label=f"{workdir}: before")
         if any(r["return_post"] != r["return_pre"] for r in records):

@@ -6,16 +6,18 @@
 # candidate (iterations 210-500), judged by its meta-batch's return after adaptation.
 # The final and the kept state are both evaluated like the A/B runs: the MAML code's
 # test protocol (../rllab_protocol) and 20-episode batches, later steps at 0.25 x.
+# STEPS (default 500) sets where the resumed run stops.
 # Usage (from the repository root): SEED=0 bash experiments/nav2d/paper_protocol/run.sh
 set -euo pipefail
 out=experiments/nav2d/paper_protocol
 seed=${SEED:-0}
-wd=runs/nav2d/ab-dice-s${seed}-500
+steps=${STEPS:-500}
+wd=runs/nav2d/ab-dice-s${seed}-${steps}
 [ -d $wd ] || cp -r runs/nav2d/ab-dice-s${seed} $wd
 start=$(date +%s)
 metajax train nav2d --workdir $wd --outer-optimizer trpo --meta-gradient dice --seed $seed \
-  --steps 500 --checkpoint-every 10 --keep-best return_post --no-progress >> $out/train_s${seed}.log 2>&1
-echo "seed $seed: resumed to 500 meta-iterations in $(( $(date +%s) - start )) s" >> $out/train_s${seed}.log
+  --steps $steps --checkpoint-every 10 --keep-best return_post --no-progress >> $out/train_s${seed}.log 2>&1
+echo "seed $seed: resumed to $steps meta-iterations in $(( $(date +%s) - start )) s" >> $out/train_s${seed}.log
 cp $wd/metrics.jsonl $out/metrics_s${seed}.jsonl
 cp $wd/best/best.json $out/best_s${seed}.json
 for which in final best; do
