@@ -52,8 +52,9 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
 
     Returns:
       A :class:`jax.sharding.Mesh` whose axis is of type ``Auto``: shardings of the
-      inputs and of the sampled tasks are given, XLA propagates the rest, so every
-      per-task formulation (``vmap``, ``lax.map``, chunks) runs unchanged.
+      inputs and of the sampled tasks are given and XLA propagates the rest; the loops
+      of ``lax.map`` and chunks run per device in a ``jax.shard_map``
+      (:func:`metajax.train.map_tasks`).
     """
     if devices is None:
         devices = jax.devices()

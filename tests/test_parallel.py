@@ -31,6 +31,7 @@ TIMEOUT_S = 300
 EIGHT_DEVICE_CHECKS = [
     "check_explicit_batch_equals_single_device_and_is_padded",
     "check_explicit_batch_is_sharded",
+    "check_loop_modes_equal_single_device_and_loop_over_own_tasks",
     "check_sampler_step_equals_single_device_and_is_padded_and_sharded",
     "check_cli_runs_on_all_devices",
     "check_trust_region_step_equals_single_device_and_is_padded",

@@ -70,6 +70,29 @@ def check_explicit_batch_is_sharded(mesh):
     np.testing.assert_array_equal(np.asarray(weights), [1] * 12 + [0] * 4)
 
 
+def check_loop_modes_equal_single_device_and_loop_over_own_tasks(mesh):
+    # task_parallel="map" and chunks: 12 tasks (padded to 16) give the single-device
+    # result, and each device loops over its own 2 tasks. A loop over the sharded task
+    # axis made XLA gather it, and every device ran all 16 tasks.
+    weights = jnp.linspace(0.5, 2.0, 12)
+    for mode in ("map", 2):
+        learner, outer, state = setup()
+        step = mj.make_train_step(learner, outer, task_parallel=mode)
+        ref, ref_m = jax.jit(step)(state, task_batch(12, 0), weights)
+        sharded = parallel.shard_train_step(step, mesh, task_batch=True)
+        sh, sh_m = sharded(parallel.replicate(state, mesh), task_batch(12, 0), task_weights=weights)
+        chex.assert_trees_all_close((sh.meta_params, sh_m), (ref.meta_params, ref_m), **TOL)
+        assert_replicated((sh, sh_m), parallel.replicated(mesh))
+    # The loop itself: its output stays sharded over tasks (each device computed its own).
+    tasks, _ = parallel.shard_batch(jnp.arange(16.0).reshape(16, 1), mesh)
+    with jax.set_mesh(mesh):
+        out = jax.jit(lambda t: mj.map_tasks(lambda x: jnp.sum(x**2), t, "map"))(tasks)
+    np.testing.assert_allclose(np.asarray(out), np.arange(16.0) ** 2)
+    assert out.sharding.spec and out.sharding.spec[0] == "tasks", out.sharding
+    shards = out.addressable_shards
+    assert {s.data.shape for s in shards} == {(2,)}, [s.data.shape for s in shards]
+
+
 def run_sampler(meta_batch, mesh, *, record=None, steps_per_call=2, calls=2):
     learner, outer, state = setup()
 
@@ -177,6 +200,7 @@ def check_nav2d_cli_runs_on_all_devices(mesh):
 CHECKS = [
     check_explicit_batch_equals_single_device_and_is_padded,
     check_explicit_batch_is_sharded,
+    check_loop_modes_equal_single_device_and_loop_over_own_tasks,
     check_sampler_step_equals_single_device_and_is_padded_and_sharded,
     check_cli_runs_on_all_devices,
     check_trust_region_step_equals_single_device_and_is_padded,
