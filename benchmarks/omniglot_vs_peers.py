@@ -45,16 +45,27 @@ def time_metajax(
     task_parallel: str = "vmap",
     tune_allocator: bool = True,
     tune_xla: bool = True,
+    cpu_devices: int = 0,
 ) -> dict:
-    """Times metajax's jitted train step on one workload, in this process."""
+    """Times metajax's jitted train step on one workload, in this process.
+
+    With ``cpu_devices`` > 0 the host CPU is split into that many single-threaded
+    devices (:func:`metajax.cpu_devices`, before JAX starts) and the step is sharded
+    over them (:func:`metajax.parallel.shard_train_step`), each device looping over its
+    share of the tasks.
+    """
     import resource
+
+    import metajax as mj
+
+    devices_set = mj.cpu_devices(cpu_devices) if cpu_devices else 0  # before the first array
 
     import _bench  # this directory is on sys.path when a script runs
     import jax
     import numpy as np
     from torch_peers import get_workload  # the workload definitions only; no torch needed
 
-    import metajax as mj
+    from metajax import parallel
     from metajax.models import conv4
 
     xla_tuned = mj.tune_xla_cpu() if tune_xla else False  # before the first array
@@ -64,20 +75,28 @@ def time_metajax(
         raise ValueError("this script times the Omniglot workloads (W1, W2)")
     tasks_n = w["meta_batch"]
     tasks, learner, outer, state = _bench.omniglot_workload(w, conv)
-    step = jax.jit(
-        mj.make_train_step(
-            learner,
-            outer,
-            pre_adaptation_metrics=False,
-            task_parallel=int(task_parallel) if task_parallel.isdigit() else task_parallel,
-        ),
-        donate_argnums=0,
+    step = mj.make_train_step(
+        learner,
+        outer,
+        pre_adaptation_metrics=False,
+        task_parallel=int(task_parallel) if task_parallel.isdigit() else task_parallel,
     )
-    t0 = time.perf_counter()
-    compiled = step.lower(state, tasks).compile()
-    compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if jax.device_count() > 1:
+        mesh = parallel.make_mesh()
+        compiled = parallel.shard_train_step(step, mesh, task_batch=True)
+        state = parallel.replicate(state, mesh)
+        t0 = time.perf_counter()
+        state, _ = compiled(state, tasks)  # compiles; the state is donated
+        jax.block_until_ready(state)
+        compile_s = time.perf_counter() - t0
+        cost = {}  # per device, and a loop body once: see the single-device figure
+    else:
+        step = jax.jit(step, donate_argnums=0)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, tasks).compile()
+        compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
     for _ in range(warmup):
         state, metrics = compiled(state, tasks)
     jax.block_until_ready(state)
@@ -96,6 +115,7 @@ def time_metajax(
         "allocator": "tuned" if tuned else "default",
         "xla_cpu": "tuned" if xla_tuned else "default",
         "task_parallel": task_parallel,
+        "cpu_devices": devices_set,
         "sec_per_step_median": med,
         "sec_per_step_iqr": float(q75 - q25),
         "tasks_per_s": tasks_n / med,
@@ -119,6 +139,7 @@ def run_metajax_isolated(
     task_parallel: str,
     tune_allocator: bool,
     tune_xla: bool = True,
+    cpu_devices: int = 0,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -138,6 +159,7 @@ def run_metajax_isolated(
         cmd.append("--default-allocator")
     if not tune_xla:
         cmd += ["--xla-cpu", "default"]
+    cmd += ["--cpu-devices", str(cpu_devices)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -210,6 +232,14 @@ def main(argv=None) -> int:
         choices=["cpu", "cuda"],
         help="torch device for the peers (metajax uses the JAX backend that is present)",
     )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="metajax settings to time: 0 (the CPU as one device) or N single-threaded "
+        "CPU devices with the step sharded over them (metajax.cpu_devices)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -223,6 +253,7 @@ def main(argv=None) -> int:
             task_parallel=mode,
             tune_allocator=not args.default_allocator,
             tune_xla=args.xla_cpu != "default",
+            cpu_devices=args.cpu_devices[0],
         )
         print(json.dumps(record))
         return 0
@@ -250,17 +281,19 @@ def main(argv=None) -> int:
     for workload in args.workloads:
         for mode in args.task_parallel:
             for tune_xla in xla_modes:
-                record(
-                    run_metajax_isolated(
-                        workload,
-                        warmup=args.warmup,
-                        iters=args.iters,
-                        conv=args.conv,
-                        task_parallel=mode,
-                        tune_allocator=not args.default_allocator,
-                        tune_xla=tune_xla,
+                for cpu_devices in args.cpu_devices:
+                    record(
+                        run_metajax_isolated(
+                            workload,
+                            warmup=args.warmup,
+                            iters=args.iters,
+                            conv=args.conv,
+                            task_parallel=mode,
+                            tune_allocator=not args.default_allocator,
+                            tune_xla=tune_xla,
+                            cpu_devices=cpu_devices,
+                        )
                     )
-                )
         for peer in args.peers or []:
             for tuned in peer_modes:
                 record(
@@ -294,6 +327,8 @@ def main(argv=None) -> int:
                     f"compile {r['compile_s']:.1f} s, {r['gflop_per_step']:.0f} GFLOP/step, "
                     f"{r.get('jax_backend', '?')} ({r.get('device', '?')})"
                 )
+                if r.get("cpu_devices"):  # sharded: timed as the first call, no cost analysis
+                    note = f"first call (compile and one step) {r['compile_s']:.1f} s"
             else:
                 note = f"{r.get('lib_version', '')}, {r.get('device', 'cpu')}"
                 if r.get("peak_gpu_mem_mb") is not None:
@@ -304,6 +339,8 @@ def main(argv=None) -> int:
             library += f", {r.get('allocator', 'default')} allocator"
             if r["peer"] == "metajax":
                 library += f", {r.get('xla_cpu', 'default')} XLA:CPU flags"
+                if r.get("cpu_devices"):
+                    library += f", {r['cpu_devices']} CPU devices (sharded)"
             print(
                 f"| {workload} | {library} | {r['sec_per_step_median']:.3f} "
                 f"(±{r['sec_per_step_iqr']:.3f}) | {r['tasks_per_s']:.1f} | "

@@ -43,7 +43,12 @@ from metajax.losses import (
     weighted_mean,
 )
 from metajax.running_stats import RunningStats
-from metajax.runtime import enable_compilation_cache, tune_host_allocator, tune_xla_cpu
+from metajax.runtime import (
+    cpu_devices,
+    enable_compilation_cache,
+    tune_host_allocator,
+    tune_xla_cpu,
+)
 from metajax.tasks import Batch, Task
 from metajax.train import (
     TrainState,
@@ -102,6 +107,7 @@ __all__ = [
     "reptile",
     "softmax_cross_entropy",
     "squared_error",
+    "cpu_devices",
     "enable_compilation_cache",
     "tune_host_allocator",
     "tune_xla_cpu",

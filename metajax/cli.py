@@ -151,8 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = tyro.cli(
         getattr(module, config_name), args=argv[2:], prog=f"metajax {command} {argv[1]}"
     )
-    from metajax.runtime import enable_compilation_cache, tune_host_allocator, tune_xla_cpu
+    from metajax.runtime import (
+        cpu_devices,
+        enable_compilation_cache,
+        tune_host_allocator,
+        tune_xla_cpu,
+    )
 
+    try:
+        cpu_devices()  # METAJAX_CPU_DEVICES: one device per core (see metajax.runtime)
+    except (ValueError, RuntimeError) as e:
+        print(f"metajax: {e}", file=sys.stderr)
+        return 2
     tune_xla_cpu()  # less memory, shorter compiles (see metajax.runtime); before any array
     tune_host_allocator()  # reuse freed host memory between steps (see metajax.runtime)
     enable_compilation_cache()  # a resumed run reuses its compiled step

@@ -31,6 +31,23 @@ compiles in a third of the time with it. It must run before JAX starts its backe
 measured (XLA aborts on a flag it does not know). The CLI calls it; set
 ``METAJAX_TUNE_XLA=0`` to disable it.
 
+:func:`cpu_devices` (opt-in: ``METAJAX_CPU_DEVICES=N`` for the CLI) splits the host CPU
+into ``N`` XLA devices of one thread each (``--xla_force_host_platform_device_count=N
+--xla_cpu_multi_thread_eigen=false``). A step sharded over them
+(:mod:`metajax.parallel`, as the CLI's recipes do with every device) then runs one
+stream of tasks per core, instead of one stream whose small operations are each split
+over the cores, and conv4 then convolves every even block by Winograd
+(:func:`metajax.models.conv4._winograd_pays`). Measured on the 2-core CPU of this
+project beside the PyTorch peers, second-order MAML, ``task_parallel="map"``
+(``benchmarks/results/omniglot_vs_peers_2026-12-06c.log``, its command in the README):
+W1 0.614 s per meta-step against 0.942 s on one device, W2 3.30 against 3.51 s. A
+program that is not sharded runs on one of the devices and so on one thread: only
+use it for steps sharded over every device. :func:`tune_xla_cpu` still halves the
+memory there and costs 2-4% of the time (W1 0.663 against 0.651 s and 512 against
+992 MB, W2 3.54 against 3.40 s and 697 against 1222 MB;
+``benchmarks/results/cpu_devices_xla_emitters.log``, its command at its top), so the
+CLI applies both.
+
 :func:`enable_compilation_cache` turns on XLA's persistent compilation cache, so a
 run that is resumed after an interruption (or rerun with the same configuration)
 loads its compiled step from disk instead of compiling it again (10-40 s for the
@@ -104,6 +121,73 @@ def tune_xla_cpu() -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
     return True
+
+
+#: The XLA flags :func:`cpu_devices` adds (``{n}``: the number of devices).
+CPU_DEVICES_FLAGS = (
+    "--xla_force_host_platform_device_count={n}",
+    "--xla_cpu_multi_thread_eigen=false",
+)
+
+
+def cpu_devices(n: int | str | None = None) -> int:
+    """Splits the host CPU into ``n`` single-threaded XLA devices; the number set, or 0.
+
+    Args:
+      n: the number of devices; ``"cores"`` for one per core this process may run on;
+        ``None`` reads ``METAJAX_CPU_DEVICES`` (unset, empty or ``0``: leave the CPU
+        as one device).
+
+    Returns:
+      ``n`` once the flags are in ``XLA_FLAGS`` (JAX reads them when its backends
+      start), ``0`` if nothing was asked for.
+
+    Raises:
+      ValueError: ``n`` is not a positive integer or ``"cores"``, or ``XLA_FLAGS``
+        already sets one of the two flags.
+      RuntimeError: JAX's backends have already started, so the flags would be ignored.
+    """
+    from jax._src import xla_bridge
+
+    if n is None:
+        n = os.environ.get("METAJAX_CPU_DEVICES", "").strip() or 0
+    given = n
+    if n == "cores":
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise ValueError(
+            f"cpu_devices: expected a positive number of devices or 'cores'; got {given!r}."
+        )
+    if n == 0:
+        return 0
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in CPU_DEVICES_FLAGS:
+        if flag.split("=")[0] in flags:
+            raise ValueError(
+                f"cpu_devices: XLA_FLAGS already sets {flag.split('=')[0]}: {flags!r}."
+            )
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "cpu_devices must run before JAX starts its backends (the first array or "
+            "device query); call it at the top of the script, or set METAJAX_CPU_DEVICES "
+            "for the CLI."
+        )
+    added = " ".join(flag.format(n=n) for flag in CPU_DEVICES_FLAGS)
+    os.environ["XLA_FLAGS"] = f"{flags} {added}".strip()
+    return n
+
+
+def cpu_devices_are_single_threaded() -> bool:
+    """Whether ``XLA_FLAGS`` runs each CPU operation on one thread (as :func:`cpu_devices` sets).
+
+    Read when a program is traced (e.g. by conv4's choice of convolution), so it
+    reflects the flags the backend started with unless ``XLA_FLAGS`` changed since.
+    """
+    return CPU_DEVICES_FLAGS[1] in os.environ.get("XLA_FLAGS", "").split()
 
 
 def default_cache_dir() -> str:

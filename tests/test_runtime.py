@@ -122,3 +122,51 @@ def test_tune_xla_cpu_adds_its_flag_only_before_the_backends_start(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv("METAJAX_TUNE_XLA", "0")
     assert runtime.tune_xla_cpu() is False and os.environ["XLA_FLAGS"] == ""
+
+
+CPU_DEVICES_SCRIPT = "import metajax as mj, jax, os; n = mj.cpu_devices(); print(n, jax.device_count(), os.environ.get('XLA_FLAGS', ''))"
+
+
+def test_cpu_devices_splits_the_host_cpu_before_jax_starts():
+    def run(value):
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+        env.update(METAJAX_CPU_DEVICES=value, JAX_PLATFORMS="cpu")
+        out = subprocess.run(
+            [sys.executable, "-c", CPU_DEVICES_SCRIPT], capture_output=True, text=True, env=env
+        )
+        return out.returncode, out.stdout.split(maxsplit=2), out.stderr
+
+    rc, (n, count, flags), _ = run("3")
+    assert rc == 0 and (n, count) == ("3", "3"), (n, count)
+    assert flags.split() == [
+        "--xla_force_host_platform_device_count=3",
+        "--xla_cpu_multi_thread_eigen=false",
+    ]
+    rc, (n, count, *_), _ = run("0")
+    assert rc == 0 and (n, count) == ("0", "1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rc, (n, count, _), _ = run("cores")
+    assert rc == 0 and (n, count) == (str(cores), str(cores))
+    rc, _, err = run("two")
+    assert rc != 0 and "positive number of devices" in err
+
+
+def test_cpu_devices_refuses_late_or_conflicting_calls(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from metajax import runtime
+
+    jnp.zeros(1).block_until_ready()  # this process's backends have started
+    monkeypatch.delenv("METAJAX_CPU_DEVICES", raising=False)
+    assert runtime.cpu_devices() == 0  # nothing asked for: nothing changes
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with pytest.raises(RuntimeError, match="before JAX starts"):
+        runtime.cpu_devices(2)
+    assert os.environ["XLA_FLAGS"] == ""
+    monkeypatch.setattr(jax._src.xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    with pytest.raises(ValueError, match="already sets"):
+        runtime.cpu_devices(2)
+    with pytest.raises(ValueError, match="positive"):
+        runtime.cpu_devices(-1)
