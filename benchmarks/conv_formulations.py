@@ -12,7 +12,13 @@ Two measurements, in one process:
   setting (``XLA_FLAGS=... python benchmarks/conv_formulations.py --only matmul``).
 
 ``--convs winograd_fused@RULE`` times ``"winograd_fused"`` with another rule for which
-blocks use Winograd (``WINOGRAD_RULES``: ``even``; ``even-1200``, the library's; ``all``).
+blocks use Winograd (``WINOGRAD_RULES``: ``even``; ``even-1200``, the library's on a CPU
+that is one device; ``all``).
+
+``--cpu-devices N`` splits the CPU into N single-threaded devices
+(:func:`metajax.cpu_devices`) and shards each step over them
+(:func:`metajax.parallel.shard_train_step`); its compile time is then that of the
+first call (compile and one step).
 
 Usage:
   python benchmarks/conv_formulations.py --workloads W1-so-1step W2-so-1step \\
@@ -35,9 +41,11 @@ import jax  # noqa: E402
 from torch_peers import get_workload  # noqa: E402  (workload definitions; no torch)
 
 import metajax as mj  # noqa: E402
+from metajax import parallel  # noqa: E402
 
 # Which blocks "winograd_fused" convolves by Winograd, for ``--convs winograd_fused@RULE``
-# (conv4._winograd_pays is read when a step is traced; the library's rule is "even-1200").
+# (conv4._winograd_pays is read when a step is traced; the library's rule is "even-1200",
+# or "even" on a CPU split into single-threaded devices).
 WINOGRAD_RULES = {
     "even": lambda shape: shape[1] % 2 == 0 and shape[2] % 2 == 0 and shape[3] >= 8,
     "even-1200": lambda shape: (
@@ -64,7 +72,14 @@ def time_steps(workload: str, convs, *, task_parallel: str, rounds: int) -> list
             learner, outer, pre_adaptation_metrics=False, task_parallel=task_parallel
         )
         t0 = time.perf_counter()
-        fn = jax.jit(step).lower(state, tasks).compile()
+        if jax.device_count() > 1:  # traced (with the rule above) at the first call
+            mesh = parallel.make_mesh()
+            sharded = parallel.shard_train_step(step, mesh, task_batch=True, donate=False)
+            state = parallel.replicate(state, mesh)
+            jax.block_until_ready(sharded(state, tasks))
+            fn = sharded
+        else:
+            fn = jax.jit(step).lower(state, tasks).compile()
         conv4._winograd_pays = default_rule
         compiled.append(
             _Step(lambda s, fn=fn, tasks=tasks: fn(s, tasks), state, time.perf_counter() - t0)
@@ -160,8 +175,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--only", choices=["step", "matmul"], default=None)
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="split the CPU into N single-threaded devices and shard each step over them",
+    )
     _bench.add_output_args(parser)
     args = parser.parse_args(argv)
+    mj.cpu_devices(args.cpu_devices)  # before anything starts JAX's backends
     _bench.setup_host(not args.no_tune_allocator)
     facts = _bench.machine()
     records = []

@@ -274,3 +274,16 @@ def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, all_sizes, monk
             chex.assert_trees_all_close(fused_second, ref_second, rtol=1e-8, atol=1e-8)
             # The statistics it reports (what running averages are made of) are the same.
             chex.assert_trees_all_close(fused_stats, ref_stats, rtol=1e-10, atol=1e-12)
+
+
+def test_winograd_threshold_is_dropped_on_single_threaded_cpu_devices(monkeypatch):
+    # W1's 5-image calls on the 14x14x64 block: 245 2x2 tiles, under the threshold of a
+    # multi-threaded CPU; every even block on a CPU split by metajax.cpu_devices.
+    w1_block = (5, 14, 14, 64)
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert not conv4._winograd_pays(w1_block) and conv4._winograd_pays((75, 14, 14, 64))
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
+    )
+    assert conv4._winograd_pays(w1_block)
+    assert not conv4._winograd_pays((5, 7, 7, 64)) and not conv4._winograd_pays((5, 28, 28, 1))

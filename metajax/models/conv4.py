@@ -105,6 +105,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from metajax import runtime
+
 ConvImpl = Literal[
     "auto", "xla", "im2col", "im2col_vjp", "im2col_fused", "winograd", "winograd_fused"
 ]
@@ -473,9 +475,22 @@ def _winograd_pays(shape) -> bool:
     slower through Winograd at 5 images, even at 10-20 and 1.15-1.28x faster from 30
     (``benchmarks/winograd_block_costs.py``,
     ``benchmarks/results/winograd_block_costs.log``).
+
+    On a CPU split into single-threaded devices (:func:`metajax.cpu_devices`, the step
+    sharded over them) there is no tile threshold: every even block with 8 or more
+    channels uses Winograd. Measured with 2 such devices on the same CPU, each looping
+    over its 16 tasks, alternating rounds in one process
+    (``benchmarks/results/winograd_rules_cpu_devices.md``, its command at its top),
+    seconds per meta-step, im2col / every even block / this threshold:
+
+    * W1: 0.796 / 0.639 / 0.785 (the threshold keeps W1's 5-image calls on im2col);
+    * W2: 3.959 / 3.288 / 3.436.
+
+    (With one multi-threaded device, W1 was slower with every even block: above.)
     """
     n, h, wd, c_in = shape
-    return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= WINOGRAD_MIN_TILES
+    min_tiles = 0 if runtime.cpu_devices_are_single_threaded() else WINOGRAD_MIN_TILES
+    return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= min_tiles
 
 
 def _winograd_rows(r0, r1, r2, r3):
