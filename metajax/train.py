@@ -187,8 +187,9 @@ def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
     run in a ``jax.shard_map`` over that axis: each device loops over its own tasks,
     whose number must divide evenly (the train step pads its batch to make it so).
     A loop over the sharded axis itself would make XLA gather the tasks, and every
-    device would compute every task (measured: W1 on 2 CPU devices took 1.52 s per
-    meta-step against 0.82 s on one). ``"vmap"`` needs no such help: XLA shards the
+    device would compute every task (W1 before this was done: 1.65 s per meta-step on 2
+    simulated CPU devices and 6.52 s on 8, against 0.82 s on one;
+    ``benchmarks/results/sharded_task_loop.md``). ``"vmap"`` needs no such help: XLA shards the
     batched program along the task axis. (JAX 0.10 cannot transpose such a loop: a
     gradient taken through ``map_tasks`` from outside, under the mesh, raises; the
     train step differentiates inside each task only.)
@@ -218,6 +219,9 @@ def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
             "devices; pad them first (metajax.parallel.pad_tasks gives the padding zero weight)."
         )
     spec = jax.sharding.PartitionSpec(TASK_AXIS)
+    # check_vma=False: fn differentiates with respect to values it closes over (the
+    # meta-parameters, replicated). With the check, JAX would treat them as
+    # device-invariant and sum each task's gradient over the devices.
     return jax.shard_map(loop, in_specs=spec, out_specs=spec, check_vma=False)(tasks)
 
 
