@@ -1,6 +1,7 @@
 """The paper-protocol runs: returns after 0-3 steps and the training return by period.
 
-For each seed with ``protocol_s<seed>_{final,best}.log`` here: the MAML code's test
+For each seed with ``protocol_s<seed>_{final,best}.log`` here (and seed 1's 400-to-500
+leg, ``*_s1_i500_*``): the MAML code's test
 protocol (``AverageReturn``) and the 20-episode evaluation (``eval_s<seed>_*.json``) of
 the final and the kept (best training return, ``best_s<seed>.json``) state, beside the
 same seed's 200-iteration run (``../rllab_protocol/dice_s<seed>_x0.25_current.log``,
@@ -31,20 +32,37 @@ def episodes(path):
     return [m for m, _ in run["returns"]], run["meta_steps"]
 
 
+#: File-name tags of a seed's legs: "" for the run.sh run, "_i500" for seed 1's
+#: continuation from 400 to 500 (its commands are in the nav2d README).
+TAGS = ("", "_i500")
+#: Finn et al. 2017, Table 4: 2D navigation, after 0 / 1 / 2 / 3 steps.
+PAPER = (-40.41, -11.68, -3.33, -3.23)
+
+
+def iterations(seed, tag, which):
+    if which == "best":
+        return json.load(open(os.path.join(HERE, f"best_s{seed}{tag}.json")))["step"]
+    lines = open(os.path.join(HERE, f"metrics_s{seed}{tag}.jsonl")).read().splitlines()
+    return json.loads(lines[-1])["step"]
+
+
 def fmt(values):
     return " / ".join(f"{v:.2f}" for v in values)
 
 
 def main():
     seeds = sorted(
-        int(re.search(r"_s(\d+)_final", p).group(1))
-        for p in glob.glob(os.path.join(HERE, "protocol_s*_final.log"))
+        {
+            int(re.search(r"protocol_s(\d+)_", p).group(1))
+            for p in glob.glob(os.path.join(HERE, "protocol_s*_final.log"))
+        }
     )
     print(
         "| DiCE seed | state | iterations | the code's protocol: after 0 / 1 / 2 / 3 steps "
         "| 20 episodes: after 0 / 1 / 2 / 3 steps |"
     )
     print("|---|---|---|---|---|")
+    at_500 = {}
     for seed in seeds:
         base_p = protocol(os.path.join(NAV2D, "rllab_protocol", f"dice_s{seed}_x0.25_current.log"))
         base_e, base_steps = episodes(
@@ -53,16 +71,35 @@ def main():
         print(
             f"| {seed} | the estimator A/B's run | {base_steps} | {fmt(base_p)} | {fmt(base_e)} |"
         )
-        for which in ("final", "best"):
-            p = os.path.join(HERE, f"protocol_s{seed}_{which}.log")
-            e = os.path.join(HERE, f"eval_s{seed}_{which}.json")
-            if os.path.exists(p) and os.path.exists(e):
-                ep, steps = episodes(e)
-                print(f"| {seed} | {which} | {steps} | {fmt(protocol(p))} | {fmt(ep)} |")
+        for tag in TAGS:
+            for which in ("final", "best"):
+                p = os.path.join(HERE, f"protocol_s{seed}{tag}_{which}.log")
+                e = os.path.join(HERE, f"eval_s{seed}{tag}_{which}.json")
+                if not os.path.exists(p):
+                    continue
+                if os.path.exists(e):
+                    ep, steps = episodes(e)
+                    ep = fmt(ep)
+                else:  # the kept state's iteration, or the run's last one
+                    steps = iterations(seed, tag, which)
+                    ep = "not run"
+                print(f"| {seed} | {which} | {steps} | {fmt(protocol(p))} | {ep} |")
+                if which == "final" and steps == 500:
+                    at_500[seed] = protocol(p)
     print()
+    if at_500:
+        mean = np.mean(list(at_500.values()), axis=0)
+        print(
+            f"- Mean of the final states at 500 iterations (seeds {', '.join(map(str, at_500))}), "
+            f"the code's protocol, after 0 / 1 / 2 / 3 steps: {fmt(mean)} "
+            f"(paper: {fmt(PAPER)})."
+        )
     for seed in seeds:
-        best = json.load(open(os.path.join(HERE, f"best_s{seed}.json")))
-        records = [json.loads(line) for line in open(os.path.join(HERE, f"metrics_s{seed}.jsonl"))]
+        tag = [t for t in TAGS if os.path.exists(os.path.join(HERE, f"best_s{seed}{t}.json"))][-1]
+        best = json.load(open(os.path.join(HERE, f"best_s{seed}{tag}.json")))
+        records = [
+            json.loads(line) for line in open(os.path.join(HERE, f"metrics_s{seed}{tag}.jsonl"))
+        ]
         last = max(r["step"] for r in records)
         periods = []
         for lo in range(1, last + 1, 100):
