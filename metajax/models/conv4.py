@@ -289,7 +289,13 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
     from_patches = stats is None and 9 * c_in <= kernel.shape[1]
     if winograd and not from_patches and _winograd_pays(x.shape):
         return _winograd_block(x, conv_params, bn_params, example_mask, stats)
-    patches = _patches(x)
+    corner_major = from_patches and h % 2 == 0 and wd % 2 == 0
+    if corner_major:  # rows (window corner, n, i, j): the pool reads 4 contiguous blocks
+        patches = _corner_patches(x)
+        rows_per_example = h * wd // 4
+    else:
+        patches = _patches(x)
+        rows_per_example = h * wd
     z = jnp.dot(patches, kernel)  # [N*H*W, C_out], without the bias
     if stats is not None:
         mean, var = stats
@@ -299,7 +305,8 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
             centred = patches - mu
             cov = jnp.dot(centred.T, centred) / patches.shape[0]
         else:
-            m = jnp.repeat(example_mask.astype(x.dtype), h * wd)[:, None]
+            m = jnp.repeat(example_mask.astype(x.dtype), rows_per_example)
+            m = (jnp.tile(m, 4) if corner_major else m)[:, None]
             count = jnp.maximum(jnp.sum(m), 1.0)
             mu = jnp.sum(patches * m, axis=0) / count
             centred = (patches - mu) * m
@@ -315,7 +322,11 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
     # scale negated (a max-pool and a min-pool selected by sign would send the
     # backward pass through both).
     sign = jnp.where(a >= 0, 1.0, -1.0).astype(z.dtype)
-    pooled = max_pool_2x2(z.reshape(n, h, wd, -1) * sign)
+    if corner_major:  # the same pairwise maximum as max_pool_2x2, on contiguous corners
+        c00, c01, c10, c11 = z.reshape(4, n, h // 2, wd // 2, -1) * sign
+        pooled = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
+    else:
+        pooled = max_pool_2x2(z.reshape(n, h, wd, -1) * sign)
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
@@ -408,6 +419,28 @@ def _patches(x: jax.Array) -> jax.Array:
         [padded[:, dy : dy + h, dx : dx + wd, :] for dy in range(3) for dx in range(3)], axis=-1
     )
     return patches.reshape(n * h * wd, 9 * c)
+
+
+def _corner_patches(x: jax.Array) -> jax.Array:
+    """:func:`_patches` of an even-sized input, rows ordered by 2x2 window corner.
+
+    ``[N, H, W, C] -> [4 * N * H/2 * W/2, 9 * C]``: the rows of corner ``(dy, dx)``
+    (in the order ``(0, 0), (0, 1), (1, 0), (1, 1)``) are the patches of the pixels
+    ``(2i + dy, 2j + dx)``. The convolution's output is then the four corners of every
+    pooling window as four contiguous blocks, so the pool and its gradient read and
+    write whole blocks instead of strided slices of the full-resolution output.
+    """
+    n, h, wd, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    corners = []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        taps = [
+            padded[:, dy + ky : dy + ky + h : 2, dx + kx : dx + kx + wd : 2, :]
+            for ky in range(3)
+            for kx in range(3)
+        ]
+        corners.append(jnp.concatenate(taps, axis=-1).reshape(n * (h // 2) * (wd // 2), 9 * c))
+    return jnp.concatenate(corners, axis=0)
 
 
 def _im2col_conv(x: jax.Array, w: jax.Array) -> jax.Array:
