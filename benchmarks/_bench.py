@@ -432,3 +432,33 @@ def omniglot_workload(w: dict, conv: str):
         learner, conv4.init(jax.random.key(0), ways=w["ways"]), outer, jax.random.key(1)
     )
     return tasks, learner, outer, state
+
+
+def sharded_task_batch_step(step: Callable, state, tasks, *, donate: bool = True):
+    """``step(state, tasks)`` sharded over every device, as the CLI's recipes run it.
+
+    The mesh of :func:`metajax.parallel.make_mesh`, the task axis sharded, the state
+    replicated (:func:`metajax.parallel.shard_train_step`).
+
+    Returns:
+      ``(fn, state, hlo)``: ``fn(state, tasks) -> (state, metrics)``, the replicated
+      state, and a function returning the compiled program's HLO text (it compiles the
+      same program once more, through ``jax.jit`` under the mesh).
+    """
+    from metajax import parallel
+
+    mesh = parallel.make_mesh()
+    fn = parallel.shard_train_step(step, mesh, task_batch=True, donate=donate)
+    state = parallel.replicate(state, mesh)
+    # Shapes and shardings only: fn donates the state's buffers.
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+
+    def hlo() -> str:
+        placed, weights = parallel.shard_batch(tasks, mesh)
+        with jax.set_mesh(mesh):
+            jitted = jax.jit(lambda s, t, w: step(s, t, task_weights=w))
+            return jitted.lower(abstract, placed, weights).compile().as_text()
+
+    return fn, state, hlo

@@ -41,7 +41,6 @@ import jax  # noqa: E402
 from torch_peers import get_workload  # noqa: E402  (workload definitions; no torch)
 
 import metajax as mj  # noqa: E402
-from metajax import parallel  # noqa: E402
 
 # Which blocks "winograd_fused" convolves by Winograd, for ``--convs winograd_fused@RULE``
 # (conv4._winograd_pays is read when a step is traced; the library's rule is "even-1200",
@@ -73,9 +72,7 @@ def time_steps(workload: str, convs, *, task_parallel: str, rounds: int) -> list
         )
         t0 = time.perf_counter()
         if jax.device_count() > 1:  # traced (with the rule above) at the first call
-            mesh = parallel.make_mesh()
-            sharded = parallel.shard_train_step(step, mesh, task_batch=True, donate=False)
-            state = parallel.replicate(state, mesh)
+            sharded, state, _ = _bench.sharded_task_batch_step(step, state, tasks, donate=False)
             jax.block_until_ready(sharded(state, tasks))
             fn = sharded
         else:

@@ -65,7 +65,6 @@ def time_metajax(
     import numpy as np
     from torch_peers import get_workload  # the workload definitions only; no torch needed
 
-    from metajax import parallel
     from metajax.models import conv4
 
     xla_tuned = mj.tune_xla_cpu() if tune_xla else False  # before the first array
@@ -82,9 +81,7 @@ def time_metajax(
         task_parallel=int(task_parallel) if task_parallel.isdigit() else task_parallel,
     )
     if jax.device_count() > 1:
-        mesh = parallel.make_mesh()
-        compiled = parallel.shard_train_step(step, mesh, task_batch=True)
-        state = parallel.replicate(state, mesh)
+        compiled, state, _ = _bench.sharded_task_batch_step(step, state, tasks)
         t0 = time.perf_counter()
         state, _ = compiled(state, tasks)  # compiles; the state is donated
         jax.block_until_ready(state)

@@ -7,7 +7,9 @@ the trace's complete events by operation name, with the trailing ``.N`` of XLA's
 fusion names dropped (``ynn_fusion.77`` -> ``ynn_fusion``). Reports each category's
 total time, share of all operation time, count and mean duration, the thread time of
 the executing threads, and how much of it no operation covered (dispatch and waits).
-``ynn_fusion`` are XLA:CPU's YNNPACK kernels (its matmuls), ``dot`` its own.
+``ynn_fusion`` are XLA:CPU's YNNPACK kernels, split by whether their computation in
+the compiled program (compiled once more for its HLO) contains a dot (matmuls) or not
+(reductions); ``dot`` and ``dot_general`` are XLA's own matmuls.
 
 Usage:
   python benchmarks/profile_ops.py --workload W1-so-1step --cpu-devices 2 \\
@@ -37,6 +39,19 @@ import metajax as mj  # noqa: E402
 NOT_OPS = ("ThunkExecutor", "$", "Rendezvous", "Wait", "PjitFunction", "shard_args")
 
 
+def fusions_with_dot(hlo: str) -> set[str]:
+    """Names of the fusions whose computation (in the HLO text) contains a dot."""
+    bodies = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
+    }
+    return {
+        m.group(1)
+        for m in re.finditer(r"%([\w.\-]+) = [^\n]*? fusion\([^\n]*?calls=%?([\w.\-]+)", hlo)
+        if re.search(r" (dot|convolution)\(", bodies.get(m.group(2), ""))
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="W1-so-1step")
@@ -50,13 +65,9 @@ def main(argv=None) -> int:
     import jax
     from torch_peers import get_workload
 
-    from metajax import parallel
-
     tasks, learner, outer, state = _bench.omniglot_workload(get_workload(args.workload), "auto")
     step = mj.make_train_step(learner, outer, pre_adaptation_metrics=False, task_parallel="map")
-    mesh = parallel.make_mesh()
-    run = parallel.shard_train_step(step, mesh, task_batch=True)
-    state = parallel.replicate(state, mesh)
+    run, state, hlo = _bench.sharded_task_batch_step(step, state, tasks)
     for _ in range(3):  # compile and warm up
         state, _ = run(state, tasks)
     jax.block_until_ready(state)
@@ -79,8 +90,11 @@ def main(argv=None) -> int:
     ops = [e for e in events if not e["name"].startswith(NOT_OPS)]
     total = collections.Counter()
     count = collections.Counter()
+    with_dot = fusions_with_dot(hlo())
     for e in ops:
         name = re.sub(r"(\.\d+)+$", "", e["name"])
+        if name.startswith("ynn_fusion"):  # YNNPACK runs matmuls and reductions
+            name += " (dot)" if e["name"] in with_dot else " (no dot)"
         total[name] += e["dur"]
         count[name] += 1
     op_us = sum(total.values())

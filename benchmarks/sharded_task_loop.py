@@ -37,7 +37,6 @@ def worker(modes: list[str], iters: int) -> list[dict]:
     from torch_peers import get_workload  # the workload definitions only; no torch needed
 
     import metajax as mj
-    from metajax import parallel
 
     mj.tune_host_allocator()
     w = get_workload("W1-so-1step")
@@ -50,22 +49,12 @@ def worker(modes: list[str], iters: int) -> list[dict]:
             pre_adaptation_metrics=False,
             task_parallel=int(mode) if mode.isdigit() else mode,
         )
-        mesh = parallel.make_mesh()
-        state = parallel.replicate(state, mesh)
-        sharded = parallel.shard_train_step(step, mesh, task_batch=True)
+        sharded, state, hlo_text = _bench.sharded_task_batch_step(step, state, tasks)
         start = time.perf_counter()
         state, metrics = sharded(state, tasks)
         jax.block_until_ready(state)
         first_call_s = time.perf_counter() - start
-        # The compiled program of the same step, for its loop and its collectives.
-        placed, weights = parallel.shard_batch(tasks, mesh)
-        with jax.set_mesh(mesh):
-            hlo = (
-                jax.jit(lambda s, t, w, step=step: step(s, t, task_weights=w))
-                .lower(state, placed, weights)
-                .compile()
-                .as_text()
-            )
+        hlo = hlo_text()  # the same program, for its loop and its collectives
         trips = sorted({int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo)})
         times = []
         for _ in range(iters + 1):  # the first of these is a warm-up
