@@ -52,12 +52,38 @@ def fusions_with_dot(hlo: str) -> set[str]:
     }
 
 
+def instruction_shapes(hlo: str) -> dict[str, str]:
+    """Instruction name -> ``"output <- operands"`` shapes (operand shapes of a fusion
+    are its computation's parameters')."""
+    computations = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
+    }
+    shapes = {}
+    for m in re.finditer(r"%([\w.\-]+) = (\S+) (\w[\w\-]*)\(([^\n]*)", hlo):
+        name, out, op, rest = m.groups()
+        operands = re.findall(r"\b([a-z]+\d*\[[\d,]*\])", rest.split("),")[0])
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        if called and called.group(1) in computations:
+            operands = re.findall(
+                r"= ([a-z]+\d*\[[\d,]*\])\S* parameter\(", computations[called.group(1)]
+            )
+        shapes[name] = f"{out.split('{')[0]} <- {', '.join(operands)}"
+    return shapes
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="W1-so-1step")
     parser.add_argument("--cpu-devices", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=0,
+        help="also list this many costliest single instructions, with their HLO shapes",
+    )
     args = parser.parse_args(argv)
     mj.cpu_devices(args.cpu_devices)  # before JAX starts its backends
     mj.tune_host_allocator()
@@ -122,6 +148,20 @@ def main(argv=None) -> int:
         f"\nOperations averaging under 10 us: {sum(count[n] for n in small) // args.steps} "
         f"calls and {sum(total[n] for n in small) * ms_per_step:.1f} ms per step."
     )
+    if args.instructions:
+        by_instruction = collections.Counter()
+        calls = collections.Counter()
+        for e in ops:
+            by_instruction[e["name"]] += e["dur"]
+            calls[e["name"]] += 1
+        shapes = instruction_shapes(hlo())
+        print("\n| instruction | output shape, operand shapes | ms per step | calls per step |")
+        print("|---|---|---|---|")
+        for name, us in by_instruction.most_common(args.instructions):
+            print(
+                f"| {name} | {shapes.get(name, '?')} | {us * ms_per_step:.1f} "
+                f"| {calls[name] // args.steps} |"
+            )
     return 0
 
 
