@@ -161,6 +161,48 @@ def test_max_pool_gradient_goes_to_one_window_element():
     np.testing.assert_array_equal(jnp.sort(jnp.unique(g)), [0.0, 1.0])
 
 
+def test_max_of_corners_gives_ties_to_the_first_corner_like_pytorch():
+    # Windows (row-major): a tie of all four, a tie of the two right corners, a tie of
+    # the bottom row, and a single maximum at the bottom right.
+    x = jnp.array(
+        [
+            [[0.0, 0.0], [0.0, 0.0]],
+            [[0.0, 2.0], [1.0, 2.0]],
+            [[0.0, 1.0], [3.0, 3.0]],
+            [[0, 1], [2, 5.0]],
+        ]
+    )  # [window, row, col]
+    np.testing.assert_array_equal(conv4.max_of_corners(x, (1, 2)), [0.0, 2.0, 3.0, 5.0])
+    g = jax.grad(lambda x: conv4.max_of_corners(x, (1, 2)).sum())(x)
+    expected = np.zeros((4, 2, 2))
+    expected[0, 0, 0] = expected[1, 0, 1] = expected[2, 1, 0] = expected[3, 1, 1] = 1.0
+    np.testing.assert_array_equal(g, expected)
+    # the pool on NHWC: PyTorch's max_pool2d rule on a constant image (all ties)
+    g = jax.grad(lambda x: conv4.max_pool_2x2(x).sum())(jnp.ones((1, 4, 4, 1)))
+    np.testing.assert_array_equal(g[0, :, :, 0], np.kron(np.ones((2, 2)), [[1, 0], [0, 0]]))
+    with pytest.raises(ValueError, match=r"axes \(2, 1\) must be two increasing axes"):
+        conv4.max_of_corners(x, (2, 1))
+
+
+def test_max_of_corners_derivatives_of_every_mode_equal_the_max_reduction():
+    # Away from ties its derivative is max's: reverse, forward (a Hessian-vector
+    # product as iMAML forms it, jvp of grad) and reverse-over-reverse, in float64.
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 4), jnp.float64)
+        v = jax.random.normal(jax.random.key(1), x.shape, jnp.float64)
+
+        def loss(pool):
+            return lambda x: jnp.sum(jnp.sin(pool(x)) * jnp.cos(x[:, 0, :, 0]))
+
+        ours = loss(lambda x: conv4.max_of_corners(x, (1, 3)))
+        ref = loss(lambda x: jnp.max(x, axis=(1, 3)))
+        np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), rtol=1e-12)
+        hvp = lambda f: jax.jvp(jax.grad(f), (x,), (v,))[1]
+        np.testing.assert_allclose(hvp(ours), hvp(ref), rtol=1e-12, atol=1e-12)
+        rr = lambda f: jax.grad(lambda x: jnp.vdot(jax.grad(f)(x), v))(x)
+        np.testing.assert_allclose(rr(ours), rr(ref), rtol=1e-12, atol=1e-12)
+
+
 def test_batch_norm_is_transductive_and_padding_is_excluded(setup):
     params, images = setup
     apply = jax.jit(conv4.apply, static_argnames="conv")

@@ -99,6 +99,7 @@ against 200 / 111 / 210 for forward, weight and input gradient;
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import jax
@@ -322,9 +323,8 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
     # scale negated (a max-pool and a min-pool selected by sign would send the
     # backward pass through both).
     sign = jnp.where(a >= 0, 1.0, -1.0).astype(z.dtype)
-    if corner_major:  # the same pairwise maximum as max_pool_2x2, on contiguous corners
-        c00, c01, c10, c11 = z.reshape(4, n, h // 2, wd // 2, -1) * sign
-        pooled = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
+    if corner_major:  # the pool of max_pool_2x2, on contiguous corners
+        pooled = max_of_corners(z.reshape(2, 2, n, h // 2, wd // 2, -1) * sign)
     else:
         pooled = max_pool_2x2(z.reshape(n, h, wd, -1) * sign)
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
@@ -343,33 +343,30 @@ def _winograd_block(x, conv_params, bn_params, example_mask, stats):
     """
     n, h, wd, _ = x.shape
     b = conv_params["b"]
-    corners = _winograd_corners(x, conv_params["w"])  # 4 x [N, ceil(H/2), ceil(W/2), C]
+    y = _winograd_corner_stack(x, conv_params["w"])  # [2, 2, N, ceil(H/2), ceil(W/2), C]
     if stats is not None:
         mean, var = stats
     else:
-        th, tw = corners[0].shape[1:3]
-        weights = []
-        for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):  # 1 where 2i + dy < H, 2j + dx < W
-            rows = (jnp.arange(th) < (h - dy + 1) // 2).astype(x.dtype)
-            cols = (jnp.arange(tw) < (wd - dx + 1) // 2).astype(x.dtype)
-            weights.append(rows[:, None, None] * cols[None, :, None])  # [th, tw, 1]
+        th, tw = y.shape[3:5]
+        # weights[dy, dx, 0, i, j, 0] = 1 where 2i + dy < H and 2j + dx < W
+        rows = jnp.arange(th)[None, :] < (h - jnp.arange(2)[:, None] + 1) // 2  # [dy, i]
+        cols = jnp.arange(tw)[None, :] < (wd - jnp.arange(2)[:, None] + 1) // 2  # [dx, j]
+        weights = (rows[:, None, None, :, None, None] & cols[None, :, None, None, :, None]).astype(
+            x.dtype
+        )
         if example_mask is None:
             count = float(n * h * wd)
         else:
-            m = example_mask.astype(x.dtype)[:, None, None, None]
-            weights = [w_ * m for w_ in weights]
-            count = jnp.maximum(jnp.sum(m) * h * wd, 1.0)
-        z_mean = sum(jnp.sum(c * w_, axis=(0, 1, 2)) for c, w_ in zip(corners, weights)) / count
-        var = sum(
-            jnp.sum(jnp.square(c - z_mean) * w_, axis=(0, 1, 2)) for c, w_ in zip(corners, weights)
-        )
-        var = var / count
+            weights = weights * example_mask.astype(x.dtype)[:, None, None, None]
+            count = jnp.maximum(jnp.sum(example_mask.astype(x.dtype)) * h * wd, 1.0)
+        axes = (0, 1, 2, 3, 4)
+        z_mean = jnp.sum(y * weights, axis=axes) / count
+        var = jnp.sum(jnp.square(y - z_mean) * weights, axis=axes) / count
         mean = z_mean + b
     a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
     shift = bn_params["bias"] + a * (b - mean)
-    sign = jnp.where(a >= 0, 1.0, -1.0).astype(corners[0].dtype)
-    c00, c01, c10, c11 = (c[:, : h // 2, : wd // 2] * sign for c in corners)
-    pooled = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
+    sign = jnp.where(a >= 0, 1.0, -1.0).astype(y.dtype)
+    pooled = max_of_corners(y[:, :, :, : h // 2, : wd // 2] * sign)
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
@@ -546,6 +543,12 @@ def _winograd_corners(x: jax.Array, w: jax.Array) -> tuple[jax.Array, ...]:
     Each is ``[N, ceil(H / 2), ceil(W / 2), C_out]``; in the order (0, 0), (0, 1),
     (1, 0), (1, 1).
     """
+    y = _winograd_corner_stack(x, w)
+    return y[0, 0], y[0, 1], y[1, 0], y[1, 1]
+
+
+def _winograd_corner_stack(x: jax.Array, w: jax.Array) -> jax.Array:
+    """:func:`_winograd_corners` as one ``[2, 2, N, ceil(H / 2), ceil(W / 2), C_out]``."""
     n, h, wd, c = x.shape
     th, tw = -(-h // 2), -(-wd // 2)  # output tiles
     padded = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
@@ -560,28 +563,90 @@ def _winograd_corners(x: jax.Array, w: jax.Array) -> tuple[jax.Array, ...]:
     a = jnp.asarray(_WINOGRAD_AT, m.dtype)
     # A^T m A as one [4, 16] x [16, tiles * C_out] product (its transpose too), so
     # that each corner and each corner's gradient is computed once.
-    y = jnp.tensordot(jnp.kron(a, a), m, axes=1).reshape(4, n, th, tw, -1)
-    return tuple(y[i] for i in range(4))
+    return jnp.tensordot(jnp.kron(a, a), m, axes=1).reshape(2, 2, n, th, tw, -1)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2 ("valid": odd sizes drop the last row/column).
 
-    Written as ``maximum`` of the four window corners, not as ``max`` over a
-    reshaped window axis: the gradient of a ``max`` reduction marks the winners by
-    testing ``x == max(x)``, and inside a jitted program XLA may recompute ``x``
-    (here, the batch-norm output) in a different fusion with different rounding, so
-    the test can match no element and the gradient becomes 0/0 or wrong. That
-    happened on XLA:CPU (jax 0.10.2): jitted conv4 gradients differed from eager
-    ones and from PyTorch's, NaN in float64. A chain of pairwise ``maximum`` always
-    sends each output's gradient to its window (``tests/test_conv4.py``).
+    The maximum over each window by :func:`max_of_corners`, whose derivative takes
+    one element of each window.
     """
     n, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
-    return jnp.maximum(
-        jnp.maximum(x[:, :, 0, :, 0], x[:, :, 0, :, 1]),
-        jnp.maximum(x[:, :, 1, :, 0], x[:, :, 1, :, 1]),
+    return max_of_corners(x, (2, 4))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def max_of_corners(x: jax.Array, axes: tuple[int, int] = (0, 1)) -> jax.Array:
+    """The maximum over two axes of size 2 (a pooling window's corners), removed.
+
+    Its derivative takes, per output element, the derivative of one corner: the first
+    maximal one in row-major order of the window (PyTorch's ``max_pool2d`` rule). The
+    winner comes from the forward pass's comparisons, and the derivative is a select
+    of each corner's tangent on it, summed, linear in the tangent; the corners are
+    taken by ``lax.split``, so reverse mode writes the window's gradient as one
+    concatenate of four selects. A custom JVP, not a VJP, so that forward mode
+    (iMAML's and TRPO's Hessian-vector products) and every order of differentiation
+    work.
+
+    Args:
+      x: any array with size 2 along both of ``axes``.
+      axes: the window's row and column axes, in increasing order.
+
+    Other ways of writing it were worse:
+
+    * ``max`` over the window's axes: its gradient marks the winners by testing
+      ``x == max(x)``, and inside a jitted program XLA may recompute ``x`` (here, the
+      batch-norm output) in a different fusion with different rounding, so the test
+      can match no element and the gradient becomes 0/0 or wrong. That happened on
+      XLA:CPU (jax 0.10.2): jitted conv4 gradients differed from eager ones and from
+      PyTorch's, NaN in float64 (``tests/test_conv4.py``).
+    * A chain of pairwise ``jnp.maximum`` of four sliced corners (this function's
+      predecessor): correct, but its derivative re-tests three comparisons on the kept
+      corners and splits ties in halves, and the transpose of the slices writes four
+      zero-padded window-sized arrays and adds them. 3-6% slower on the W1 and W2
+      meta-steps (``benchmarks/results/max_of_corners_ab.md``).
+    * The tangent summed by a reduction over the window's axes: XLA:CPU hands it to
+      YNNPACK, which took 7 ms for W1's first block (same file).
+    """
+    return _max_and_winner(x, axes)[0]
+
+
+def _corners(x, axes):
+    # lax.split, not slices: in reverse mode its transpose is one concatenate, where
+    # slices become four zero-padded window-sized arrays added together.
+    row, col = axes
+    if not (0 <= row < col < x.ndim and x.shape[row] == x.shape[col] == 2):
+        raise ValueError(f"max_of_corners: axes {axes} must be two increasing axes of size 2")
+    shape = [d for i, d in enumerate(x.shape) if i not in axes]
+    return tuple(
+        corner.reshape(shape)
+        for half in jax.lax.split(x, (1, 1), axis=row)
+        for corner in jax.lax.split(half, (1, 1), axis=col)
     )
+
+
+def _max_and_winner(x, axes):
+    c00, c01, c10, c11 = _corners(x, axes)
+    # Comparisons only (no equality test against a recomputed maximum): the winner
+    # and the maximum come from the same selects, so they always agree.
+    right_top = c01 > c00
+    right_bottom = c11 > c10
+    top = jnp.where(right_top, c01, c00)
+    bottom = jnp.where(right_bottom, c11, c10)
+    lower = bottom > top
+    winner = jnp.where(lower, 2 + right_bottom.astype(jnp.uint8), right_top.astype(jnp.uint8))
+    return jnp.where(lower, bottom, top), winner
+
+
+@max_of_corners.defjvp
+def _max_of_corners_jvp(axes, primals, tangents):
+    (x,), (t,) = primals, tangents
+    out, winner = _max_and_winner(x, axes)
+    zero = jnp.zeros(out.shape, t.dtype)
+    corners = _corners(t, axes)
+    return out, sum(jnp.where(winner == k, c, zero) for k, c in enumerate(corners))
 
 
 def batch_norm(
