@@ -480,7 +480,6 @@ _im2col_conv_vjp.defvjp(_im2col_conv_vjp_fwd, _im2col_conv_vjp_bwd)
 # The channel sums become 16 matmuls [tiles, C_in] x [C_in, C_out]: 16 products per
 # 2x2 outputs against im2col's 36, i.e. 2.25x fewer multiply-adds.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-_WINOGRAD_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
 
 
 # Calls with fewer 2x2 output tiles keep im2col (see _winograd_pays).
@@ -552,18 +551,41 @@ def _winograd_corner_stack(x: jax.Array, w: jax.Array) -> jax.Array:
     n, h, wd, c = x.shape
     th, tw = -(-h // 2), -(-wd // 2)  # output tiles
     padded = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
-    rows = [padded[:, a : a + 2 * th : 2] for a in range(4)]  # [N, th, 2 tw + 2, C]
     tiles = []
-    for t in _winograd_rows(*rows):
-        tiles.extend(_winograd_rows(*[t[:, :, b : b + 2 * tw : 2] for b in range(4)]))
+    for t in _winograd_rows(*_stride2_windows(padded, 1, th)):  # [N, th, 2 tw + 2, C]
+        tiles.extend(_winograd_rows(*_stride2_windows(t, 2, tw)))
     v = jnp.stack(tiles).reshape(16, n * th * tw, c)  # B^T d B, [16, tiles, C_in]
     g = jnp.asarray(_WINOGRAD_G, w.dtype)
     u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, c, -1)  # G w G^T
-    m = jnp.matmul(v, u)  # [16, tiles, C_out]
-    a = jnp.asarray(_WINOGRAD_AT, m.dtype)
-    # A^T m A as one [4, 16] x [16, tiles * C_out] product (its transpose too), so
-    # that each corner and each corner's gradient is computed once.
-    return jnp.tensordot(jnp.kron(a, a), m, axes=1).reshape(2, 2, n, th, tw, -1)
+    m = jnp.matmul(v, u)  # [16, tiles, C_out], index 4 i + j
+    # A^T m A by adds, one axis at a time, on the 16 products taken by lax.split (so
+    # that reverse mode concatenates instead of padding and adding); a [4, 16] matmul
+    # here made XLA transpose m and its gradient in memory.
+    m = [p.reshape(n, th, tw, -1) for p in jax.lax.split(m, (1,) * 16)]
+    half = [_winograd_out_rows(*m[4 * i : 4 * i + 4]) for i in range(4)]  # half[i][b]
+    y = [_winograd_out_rows(*(half[i][b] for i in range(4))) for b in range(2)]  # y[b][a]
+    return jnp.stack([jnp.stack([y[0][a], y[1][a]]) for a in range(2)])
+
+
+def _stride2_windows(x: jax.Array, axis: int, count: int) -> tuple[jax.Array, ...]:
+    """``x[a : a + 2 count : 2]`` along ``axis`` for ``a = 0, 1, 2, 3``; ``x`` has
+    ``2 count + 2`` entries there.
+
+    By parity, a reshape and ``lax.split`` followed by one-step shifts, so that reverse
+    mode is a concatenate and one-entry pads rather than four strided pads with
+    interior padding, each tested at every element of the gradient.
+    """
+    shape = x.shape
+    pairs = x.reshape(shape[:axis] + (count + 1, 2) + shape[axis + 1 :])
+    halves = shape[:axis] + (count + 1,) + shape[axis + 1 :]
+    even, odd = (p.reshape(halves) for p in jax.lax.split(pairs, (1, 1), axis=axis + 1))
+    head = lambda p: jax.lax.slice_in_dim(p, 0, count, axis=axis)
+    tail = lambda p: jax.lax.slice_in_dim(p, 1, count + 1, axis=axis)
+    return head(even), head(odd), tail(even), tail(odd)
+
+
+def _winograd_out_rows(r0, r1, r2, r3):
+    return (r0 + r1 + r2, r1 - r2 - r3)  # A^T applied along one axis
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
