@@ -103,7 +103,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _put(x, sharding), tree)
 
 
-def _task_axis_size(mesh: Any) -> int:
+def task_axis_size(mesh: Any) -> int:
+    """Devices on ``mesh``'s ``"tasks"`` axis; 1 for ``None``, empty, or no such axis."""
     if mesh is None or mesh.empty or TASK_AXIS not in mesh.axis_names:
         return 1
     return dict(zip(mesh.axis_names, mesh.axis_sizes))[TASK_AXIS]
@@ -166,7 +167,7 @@ def shard_tasks(tasks: Any, task_weights: Any = None) -> tuple[Any, Any]:
       and nothing was padded.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    num_devices = _task_axis_size(mesh)
+    num_devices = task_axis_size(mesh)
     if num_devices == 1:
         return tasks, task_weights
     tasks, task_weights = pad_tasks(tasks, task_weights, multiple=num_devices)
@@ -201,7 +202,7 @@ def shard_batch(tasks: Any, mesh: Mesh, task_weights: Any = None) -> tuple[Any, 
       stays ``None`` for a global batch given without weights).
     """
     leaves = jax.tree.leaves(tasks)
-    num_devices = _task_axis_size(mesh)
+    num_devices = task_axis_size(mesh)
     if leaves and isinstance(leaves[0], jax.Array) and not leaves[0].is_fully_addressable:
         if leaves[0].shape[0] % num_devices:
             raise ValueError(
@@ -326,7 +327,7 @@ def process_tasks(meta_batch: int, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
       ``jax.random.split(key, meta_batch)``) of this process's tasks, and their task
       weights (0 for padding). Pass both, after sampling, to :func:`global_task_batch`.
     """
-    size = padded_size(meta_batch, _task_axis_size(mesh))
+    size = padded_size(meta_batch, task_axis_size(mesh))
     index_map = task_sharding(mesh).addressable_devices_indices_map((size,))
     slices = sorted(
         {(s[0].start or 0, size if s[0].stop is None else s[0].stop) for s in index_map.values()}
@@ -383,5 +384,6 @@ __all__ = [
     "shard_batch",
     "shard_tasks",
     "shard_train_step",
+    "task_axis_size",
     "task_sharding",
 ]

@@ -25,7 +25,7 @@ import optax
 
 from metajax.algorithms.base import MetaLearner
 from metajax.losses import weighted_mean
-from metajax.parallel import TASK_AXIS, _task_axis_size, shard_tasks
+from metajax.parallel import TASK_AXIS, shard_tasks, task_axis_size
 from metajax.running_stats import RunningStats
 from metajax.tasks import Task
 
@@ -227,7 +227,7 @@ def map_tasks(fn: Callable, tasks: Any, mode: str | int = "vmap") -> Any:
 
 def _task_devices() -> int:
     """Devices of the ``"tasks"`` axis of the mesh in context (1 without one)."""
-    return _task_axis_size(jax.sharding.get_abstract_mesh())
+    return task_axis_size(jax.sharding.get_abstract_mesh())
 
 
 def make_train_step(
