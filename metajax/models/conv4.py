@@ -297,7 +297,7 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
     else:
         patches = _patches(x)
         rows_per_example = h * wd
-    z = jnp.dot(patches, kernel)  # [N*H*W, C_out], without the bias
+    z = None  # the convolution [N*H*W, C_out] without the bias, when the statistics need it
     if stats is not None:
         mean, var = stats
     elif from_patches:
@@ -315,18 +315,21 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
         mean = mu @ kernel + b
         var = jnp.maximum(jnp.einsum("kc,kl,lc->c", kernel, cov, kernel), 0.0)
     else:
+        z = jnp.dot(patches, kernel)
         z_mean, var = _moments(z.reshape(n, h, wd, -1), example_mask)
         mean = z_mean + b
     a = bn_params["scale"] * jax.lax.rsqrt(var + BN_EPS)
     shift = bn_params["bias"] + a * (b - mean)  # batch norm of z + b is a * z + shift
     # max(a z) = |a| max(sign(a) z): one pool, over z with the channels of negative
     # scale negated (a max-pool and a min-pool selected by sign would send the
-    # backward pass through both).
-    sign = jnp.where(a >= 0, 1.0, -1.0).astype(z.dtype)
+    # backward pass through both). When z is not needed otherwise, the sign goes into
+    # the kernel's columns (exact), so that the product is not written twice.
+    sign = jnp.where(a >= 0, 1.0, -1.0).astype(kernel.dtype)
+    signed = jnp.dot(patches, kernel * sign) if z is None else z * sign
     if corner_major:  # the pool of max_pool_2x2, on contiguous corners
-        pooled = max_of_corners(z.reshape(2, 2, n, h // 2, wd // 2, -1) * sign)
+        pooled = max_of_corners(signed.reshape(2, 2, n, h // 2, wd // 2, -1))
     else:
-        pooled = max_pool_2x2(z.reshape(n, h, wd, -1) * sign)
+        pooled = max_pool_2x2(signed.reshape(n, h, wd, -1))
     return jax.nn.relu((a * sign) * pooled + shift), (mean, var)
 
 
