@@ -180,6 +180,11 @@ def test_max_of_corners_gives_ties_to_the_first_corner_like_pytorch():
     # the pool on NHWC: PyTorch's max_pool2d rule on a constant image (all ties)
     g = jax.grad(lambda x: conv4.max_pool_2x2(x).sum())(jnp.ones((1, 4, 4, 1)))
     np.testing.assert_array_equal(g[0, :, :, 0], np.kron(np.ones((2, 2)), [[1, 0], [0, 0]]))
+    # a NaN anywhere in a window is its maximum (not pooled away), and takes the gradient
+    nan = jnp.array([[[1.0, jnp.nan], [0.0, 5.0]]])
+    np.testing.assert_array_equal(conv4.max_of_corners(nan, (1, 2)), [jnp.nan])
+    g = jax.grad(lambda x: jnp.sum(conv4.max_of_corners(x, (1, 2))))(nan)
+    np.testing.assert_array_equal(g, [[[0.0, 1.0], [0.0, 0.0]]])
     with pytest.raises(ValueError, match=r"axes \(2, 1\) must be two increasing axes"):
         conv4.max_of_corners(x, (2, 1))
 

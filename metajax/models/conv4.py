@@ -607,7 +607,8 @@ def max_of_corners(x: jax.Array, axes: tuple[int, int] = (0, 1)) -> jax.Array:
     """The maximum over two axes of size 2 (a pooling window's corners), removed.
 
     Its derivative takes, per output element, the derivative of one corner: the first
-    maximal one in row-major order of the window (PyTorch's ``max_pool2d`` rule). The
+    maximal one in row-major order of the window (PyTorch's ``max_pool2d`` rule; a
+    NaN counts as maximal, so it propagates as in ``jnp.maximum``). The
     winner comes from the forward pass's comparisons, and the derivative is a select
     of each corner's tangent on it, summed, linear in the tangent; the corners are
     taken by ``lax.split``, so reverse mode writes the window's gradient as one
@@ -630,7 +631,7 @@ def max_of_corners(x: jax.Array, axes: tuple[int, int] = (0, 1)) -> jax.Array:
     * A chain of pairwise ``jnp.maximum`` of four sliced corners (this function's
       predecessor): correct, but its derivative re-tests three comparisons on the kept
       corners and splits ties in halves, and the transpose of the slices writes four
-      zero-padded window-sized arrays and adds them. 3-6% slower on the W1 and W2
+      zero-padded window-sized arrays and adds them. 3-7% slower on the W1 and W2
       meta-steps (``benchmarks/results/max_of_corners_ab.md``).
     * The tangent summed by a reduction over the window's axes: XLA:CPU hands it to
       YNNPACK, which took 7 ms for W1's first block (same file).
@@ -655,12 +656,14 @@ def _corners(x, axes):
 def _max_and_winner(x, axes):
     c00, c01, c10, c11 = _corners(x, axes)
     # Comparisons only (no equality test against a recomputed maximum): the winner
-    # and the maximum come from the same selects, so they always agree.
-    right_top = c01 > c00
-    right_bottom = c11 > c10
+    # and the maximum come from the same selects, so they always agree. A NaN wins,
+    # as in jnp.maximum and PyTorch, so that a NaN input is never pooled away.
+    beats = lambda a, b: (a > b) | jnp.isnan(a)
+    right_top = beats(c01, c00)
+    right_bottom = beats(c11, c10)
     top = jnp.where(right_top, c01, c00)
     bottom = jnp.where(right_bottom, c11, c10)
-    lower = bottom > top
+    lower = beats(bottom, top)
     winner = jnp.where(lower, 2 + right_bottom.astype(jnp.uint8), right_top.astype(jnp.uint8))
     return jnp.where(lower, bottom, top), winner
 
