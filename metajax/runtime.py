@@ -39,12 +39,12 @@ stream of tasks per core, instead of one stream whose small operations are each 
 over the cores, and conv4 then convolves every even block by Winograd
 (:func:`metajax.models.conv4._winograd_pays`). Measured on the 2-core CPU of this
 project beside the PyTorch peers, second-order MAML, ``task_parallel="map"``
-(``benchmarks/results/omniglot_vs_peers_2026-12-06d.log``, its command in the README):
-W1 0.613 s per meta-step against 1.012 s on one device, W2 3.29 against 3.76 s. A
+(``benchmarks/results/omniglot_vs_peers_2026-12-06f.log``, its command in the README):
+W1 0.574 s per meta-step against 0.960 s on one device, W2 2.67 against 3.36 s. A
 program that is not sharded runs on one of the devices and so on one thread: only
 use it for steps sharded over every device. :func:`tune_xla_cpu` still halves the
-memory there and costs 2-4% of the time (W1 0.663 against 0.651 s and 512 against
-992 MB, W2 3.54 against 3.40 s and 697 against 1222 MB;
+memory there and cost 2-4% of the time in an earlier version of conv4 (W1 0.663
+against 0.651 s and 512 against 992 MB, W2 3.54 against 3.40 s and 697 against 1222 MB;
 ``benchmarks/results/cpu_devices_xla_emitters.log``, its command at its top), so the
 CLI applies both.
 
