@@ -11,8 +11,11 @@ the executing threads, and how much of it no operation covered (dispatch and wai
 the compiled program (compiled once more for its HLO) contains a dot (matmuls) or not
 (reductions); ``dot`` and ``dot_general`` are XLA's own matmuls.
 
+``--instructions N`` also lists the N costliest single instructions with their output
+and operand shapes.
+
 Usage:
-  python benchmarks/profile_ops.py --workload W1-so-1step --cpu-devices 2 \\
+  python benchmarks/profile_ops.py --workload W1-so-1step --cpu-devices 2 --instructions 12 \\
       > benchmarks/results/profile_ops_W1_cpu2.log
 """
 
@@ -53,22 +56,25 @@ def fusions_with_dot(hlo: str) -> set[str]:
 
 
 def instruction_shapes(hlo: str) -> dict[str, str]:
-    """Instruction name -> ``"output <- operands"`` shapes (operand shapes of a fusion
-    are its computation's parameters')."""
+    """Instruction name -> ``"output <- operands"`` shapes; a fusion's operand shapes
+    are its computation's parameters', another instruction's are looked up by name."""
     computations = {
         m.group(1): m.group(2)
         for m in re.finditer(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
     }
+    lines = re.findall(r"%([\w.\-]+) = (\S+) [\w\-]+\(([^\n]*)", hlo)
+    output = {name: out.split("{")[0] for name, out, _ in lines}
     shapes = {}
-    for m in re.finditer(r"%([\w.\-]+) = (\S+) (\w[\w\-]*)\(([^\n]*)", hlo):
-        name, out, op, rest = m.groups()
-        operands = re.findall(r"\b([a-z]+\d*\[[\d,]*\])", rest.split("),")[0])
+    for name, _, rest in lines:
         called = re.search(r"calls=%?([\w.\-]+)", rest)
         if called and called.group(1) in computations:
             operands = re.findall(
                 r"= ([a-z]+\d*\[[\d,]*\])\S* parameter\(", computations[called.group(1)]
             )
-        shapes[name] = f"{out.split('{')[0]} <- {', '.join(operands)}"
+        else:
+            names = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+            operands = [output.get(n, "?") for n in names]
+        shapes[name] = f"{output[name]} <- {', '.join(operands)}"
     return shapes
 
 
@@ -116,7 +122,8 @@ def main(argv=None) -> int:
     ops = [e for e in events if not e["name"].startswith(NOT_OPS)]
     total = collections.Counter()
     count = collections.Counter()
-    with_dot = fusions_with_dot(hlo())
+    hlo_text = hlo()  # compiles the step once more
+    with_dot = fusions_with_dot(hlo_text)
     for e in ops:
         name = re.sub(r"(\.\d+)+$", "", e["name"])
         if name.startswith("ynn_fusion"):  # YNNPACK runs matmuls and reductions
@@ -154,7 +161,7 @@ def main(argv=None) -> int:
         for e in ops:
             by_instruction[e["name"]] += e["dur"]
             calls[e["name"]] += 1
-        shapes = instruction_shapes(hlo())
+        shapes = instruction_shapes(hlo_text)
         print("\n| instruction | output shape, operand shapes | ms per step | calls per step |")
         print("|---|---|---|---|")
         for name, us in by_instruction.most_common(args.instructions):
