@@ -519,6 +519,13 @@ def _winograd_pays(shape) -> bool:
     * W2: 3.959 / 3.288 / 3.436.
 
     (With one multi-threaded device, W1 was slower with every even block: above.)
+
+    Rechecked after the transforms got cheaper (split windows and added outputs), in
+    one process each, alternating rounds: on one device the threshold still pays on W1
+    (0.895 against 0.936 s with every even block; W2 equal within noise,
+    ``benchmarks/results/winograd_rules_2026-12-06_evening.md``), and on 2 split devices
+    Winograd for the odd blocks too is slower on W1 (0.536 against 0.480 s) and equal on
+    W2 (``benchmarks/results/winograd_rules_cpu_devices_all.md``).
     """
     n, h, wd, c_in = shape
     min_tiles = 0 if runtime.cpu_devices_are_single_threaded() else WINOGRAD_MIN_TILES
