@@ -52,9 +52,9 @@ def test_winograd_convolution_and_its_corners_equal_the_plain_convolution(size):
         np.testing.assert_allclose(conv4._winograd_conv(x, w), ref, rtol=1e-12, atol=1e-12)
         corners = conv4._winograd_corners(x, w)
         even = size // 2 * 2
-        for (a, b), corner in zip([(0, 0), (0, 1), (1, 0), (1, 1)], corners):
+        for a, b in [(0, 0), (0, 1), (1, 0), (1, 1)]:
             np.testing.assert_allclose(
-                corner[:, : size // 2, : size // 2], ref[:, a:even:2, b:even:2], atol=1e-12
+                corners[a, b, :, : size // 2, : size // 2], ref[:, a:even:2, b:even:2], atol=1e-12
             )
 
 

@@ -346,7 +346,7 @@ def _winograd_block(x, conv_params, bn_params, example_mask, stats):
     """
     n, h, wd, _ = x.shape
     b = conv_params["b"]
-    y = _winograd_corner_stack(x, conv_params["w"])  # [2, 2, N, ceil(H/2), ceil(W/2), C]
+    y = _winograd_corners(x, conv_params["w"])  # [2, 2, N, ceil(H/2), ceil(W/2), C]
     if stats is not None:
         mean, var = stats
     else:
@@ -539,25 +539,18 @@ def _winograd_rows(r0, r1, r2, r3):
 def _winograd_conv(x: jax.Array, w: jax.Array) -> jax.Array:
     """3x3 "same" convolution (NHWC, HWIO) by Winograd F(2x2, 3x3); any H, W >= 1."""
     n, h, wd, _ = x.shape
-    y00, y01, y10, y11 = _winograd_corners(x, w)
-    top = jnp.stack([y00, y01], axis=3)  # [N, th, tw, 2, C]
-    bottom = jnp.stack([y10, y11], axis=3)
-    y = jnp.stack([top, bottom], axis=2)  # [N, th, 2, tw, 2, C]
-    return y.reshape(n, 2 * y00.shape[1], 2 * y00.shape[2], -1)[:, :h, :wd]
+    y = _winograd_corners(x, w)  # [2, 2, N, th, tw, C]
+    th, tw = y.shape[3:5]
+    return y.transpose(2, 3, 0, 4, 1, 5).reshape(n, 2 * th, 2 * tw, -1)[:, :h, :wd]
 
 
-def _winograd_corners(x: jax.Array, w: jax.Array) -> tuple[jax.Array, ...]:
-    """The four corners ``y[2i + a, 2j + b]`` (a, b in 0, 1) of a Winograd convolution.
+def _winograd_corners(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The four corners of the 2x2 output tiles of a Winograd convolution.
 
-    Each is ``[N, ceil(H / 2), ceil(W / 2), C_out]``; in the order (0, 0), (0, 1),
-    (1, 0), (1, 1).
+    ``[2, 2, N, ceil(H / 2), ceil(W / 2), C_out]``: ``[a, b, n, i, j]`` is the
+    convolution's output at ``(n, 2i + a, 2j + b)`` (for odd sizes, the last row or
+    column of tiles is half outside the output).
     """
-    y = _winograd_corner_stack(x, w)
-    return y[0, 0], y[0, 1], y[1, 0], y[1, 1]
-
-
-def _winograd_corner_stack(x: jax.Array, w: jax.Array) -> jax.Array:
-    """:func:`_winograd_corners` as one ``[2, 2, N, ceil(H / 2), ceil(W / 2), C_out]``."""
     n, h, wd, c = x.shape
     th, tw = -(-h // 2), -(-wd // 2)  # output tiles
     padded = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
