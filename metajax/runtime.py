@@ -42,11 +42,11 @@ project beside the PyTorch peers, second-order MAML, ``task_parallel="map"``
 (``benchmarks/results/omniglot_vs_peers_2026-12-06f.log``, its command in the README):
 W1 0.574 s per meta-step against 0.960 s on one device, W2 2.67 against 3.36 s. A
 program that is not sharded runs on one of the devices and so on one thread: only
-use it for steps sharded over every device. :func:`tune_xla_cpu` still halves the
-memory there and cost 2-4% of the time in an earlier version of conv4 (W1 0.663
-against 0.651 s and 512 against 992 MB, W2 3.54 against 3.40 s and 697 against 1222 MB;
-``benchmarks/results/cpu_devices_xla_emitters.log``, its command at its top), so the
-CLI applies both.
+use it for steps sharded over every device. :func:`tune_xla_cpu` there halves the
+memory and, since the conv4 changes of 2026-12-06 evening, also saves 3-4% of the time
+(W1 0.441 against 0.459 s and 511 against 952 MB, W2 2.368 against 2.448 s and 689
+against 1164 MB; ``benchmarks/results/cpu_devices_xla_emitters_c54bde2.log``, its
+command at its top), so the CLI applies both.
 
 :func:`enable_compilation_cache` turns on XLA's persistent compilation cache, so a
 run that is resumed after an interruption (or rerun with the same configuration)
