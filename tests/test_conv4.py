@@ -41,16 +41,19 @@ def test_conv3x3_formulations_agree_layer_by_layer(c_in, size):
         np.testing.assert_allclose(conv4.conv3x3(x, w, b, impl), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("size", [14, 7, 3, 1])
-def test_winograd_convolution_and_its_corners_equal_the_plain_convolution(size):
-    # F(2x2, 3x3) on even and odd sizes (odd ones pad a row and column of tiles), in
-    # float64 so that only the algebra is tested; the corners are the 2x2 pool windows.
+def test_winograd_convolution_and_its_corners_equal_the_plain_convolution(size, tile):
+    # F(2x2, 3x3) and F(4x4, 3x3) on sizes that are and are not multiples of the tile
+    # (the last tiles reach into the padding), in float64 so that only the algebra is
+    # tested; the corners are the 2x2 pool windows.
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (3, size, size, 5), jnp.float64)
         w = jax.random.normal(jax.random.key(1), (3, 3, 5, 4), jnp.float64)
         ref = conv4.conv3x3(x, w, jnp.zeros(4, jnp.float64), "xla")
-        np.testing.assert_allclose(conv4._winograd_conv(x, w), ref, rtol=1e-12, atol=1e-12)
-        corners = conv4._winograd_corners(x, w)
+        np.testing.assert_allclose(conv4._winograd_conv(x, w, tile), ref, rtol=1e-12, atol=1e-12)
+        corners = conv4._winograd_corners(x, w, tile)
+        assert corners.shape[3] == tile // 2 * -(-size // tile)
         even = size // 2 * 2
         for a, b in [(0, 0), (0, 1), (1, 0), (1, 1)]:
             np.testing.assert_allclose(
@@ -278,17 +281,25 @@ def _fused_case():
 
 
 @pytest.mark.parametrize(
-    "mode, all_sizes",
-    [("batch", False), ("masked", False), ("given_stats", False), ("masked", True)],
+    "mode, all_sizes, tile",
+    [
+        ("batch", False, 2),
+        ("masked", False, 2),
+        ("given_stats", False, 2),
+        ("masked", True, 2),
+        ("masked", True, 4),
+    ],
 )
-def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, all_sizes, monkeypatch):
+def test_fused_blocks_equal_conv_then_batch_norm_then_pool(mode, all_sizes, tile, monkeypatch):
     # "im2col_fused" pools before the batch-norm affine map and takes the first
     # block's statistics from the patches' moments: the same function, the same
     # gradients of first and second order. "winograd_fused" also convolves the
     # second block (14x14, even) by Winograd and pools its corners (the tile threshold
     # is lowered so that 6 images use it); with ``all_sizes`` the odd 7x7 and 3x3
-    # blocks too (half-padded tiles, masked out of the statistics).
+    # blocks too (half-padded tiles, masked out of the statistics); with ``tile`` 4 by
+    # F(4x4, 3x3), whose tiles reach past 14x14, 7x7 and 3x3 (more padding masked).
     monkeypatch.setattr(conv4, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv4, "WINOGRAD_TILE", tile)
     assert conv4._winograd_pays((6, 14, 14, 16)) and not conv4._winograd_pays((6, 7, 7, 16))
     if all_sizes:
         monkeypatch.setattr(conv4, "_winograd_pays", lambda shape: shape[-1] >= 8)

@@ -346,7 +346,7 @@ def _winograd_block(x, conv_params, bn_params, example_mask, stats):
     """
     n, h, wd, _ = x.shape
     b = conv_params["b"]
-    y = _winograd_corners(x, conv_params["w"])  # [2, 2, N, ceil(H/2), ceil(W/2), C]
+    y = _winograd_corners(x, conv_params["w"], WINOGRAD_TILE)  # [2, 2, N, TH, TW, C]
     if stats is not None:
         mean, var = stats
     else:
@@ -475,15 +475,47 @@ def _im2col_conv_vjp_bwd(residuals, g):
 
 _im2col_conv_vjp.defvjp(_im2col_conv_vjp_fwd, _im2col_conv_vjp_bwd)
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per 4x4
-# input tile d (stride 2) and 2x2 output tile, with
-#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],
-#   G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
-# The channel sums become 16 matmuls [tiles, C_in] x [C_in, C_out]: 16 products per
-# 2x2 outputs against im2col's 36, i.e. 2.25x fewer multiply-adds.
-_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+# Winograd F(m x m, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A per
+# (m + 2) x (m + 2) input tile d (stride m) and m x m output tile. The channel sums
+# become (m + 2)^2 matmuls [tiles, C_in] x [C_in, C_out]: per output, 16 / 4 = 4
+# products for F(2x2, 3x3) and 36 / 16 = 2.25 for F(4x4, 3x3), against im2col's 9.
+# Each matrix is given by its rows; B^T and A^T are applied by adds and constant
+# multiplies (:func:`_combine`), G by a small einsum on the kernel.
+_WINOGRAD = {
+    2: dict(
+        BT=((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)),
+        G=((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0)),
+        AT=((1, 1, 1, 0), (0, 1, -1, -1)),
+    ),
+    4: dict(
+        BT=(
+            (4, 0, -5, 0, 1, 0),
+            (0, -4, -4, 1, 1, 0),
+            (0, 4, -4, -1, 1, 0),
+            (0, -2, -1, 2, 1, 0),
+            (0, 2, -1, -2, 1, 0),
+            (0, 4, 0, -5, 0, 1),
+        ),
+        G=(
+            (1 / 4, 0.0, 0.0),
+            (-1 / 6, -1 / 6, -1 / 6),
+            (-1 / 6, 1 / 6, -1 / 6),
+            (1 / 24, 1 / 12, 1 / 6),
+            (1 / 24, -1 / 12, 1 / 6),
+            (0.0, 0.0, 1.0),
+        ),
+        AT=((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
+    ),
+}
 
+# The output tile of "winograd_fused": 2 (F(2x2, 3x3), the pool's window) or 4
+# (F(4x4, 3x3), four pool windows per tile; float32 error about 8x F(2x2)'s, ~1e-5
+# relative). 4 is slower on the 2-core CPU although its matmuls are 26% fewer FLOPs
+# on 14x14 (16 tiles of 36 products per image against 49 of 16): W1 +23% and W2 +27%
+# per meta-step with tune_xla_cpu, W2 +5% with XLA's default flags against 2 with
+# tune_xla_cpu, at twice the memory; the bigger transforms eat the matmuls' gain
+# (benchmarks/results/winograd_f4_ab.md).
+WINOGRAD_TILE = 2
 
 # Calls with fewer 2x2 output tiles keep im2col (see _winograd_pays).
 WINOGRAD_MIN_TILES = 1200
@@ -532,63 +564,99 @@ def _winograd_pays(shape) -> bool:
     return h % 2 == 0 and wd % 2 == 0 and c_in >= 8 and n * h * wd // 4 >= min_tiles
 
 
-def _winograd_rows(r0, r1, r2, r3):
-    return (r0 - r2, r1 + r2, r2 - r1, r1 - r3)  # B^T applied along one axis
+def _combine(matrix, xs):
+    """``[sum_j matrix[i][j] * xs[j] for i]`` by adds, subtracts and constant multiplies."""
+    out = []
+    for row in matrix:
+        terms = sorted(((c, x) for c, x in zip(row, xs) if c != 0), key=lambda t: t[0] < 0)
+        acc = None
+        for c, x in terms:
+            term = x if abs(c) == 1 else abs(c) * x
+            if acc is None:
+                acc = term if c > 0 else -term
+            else:
+                acc = acc + term if c > 0 else acc - term
+        out.append(acc)
+    return tuple(out)
 
 
-def _winograd_conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """3x3 "same" convolution (NHWC, HWIO) by Winograd F(2x2, 3x3); any H, W >= 1."""
+def _winograd_conv(x: jax.Array, w: jax.Array, tile: int = 2) -> jax.Array:
+    """3x3 "same" convolution (NHWC, HWIO) by Winograd F(tile x tile, 3x3); any H, W >= 1."""
     n, h, wd, _ = x.shape
-    y = _winograd_corners(x, w)  # [2, 2, N, th, tw, C]
+    y = _winograd_corners(x, w, tile)  # [2, 2, N, th, tw, C]
     th, tw = y.shape[3:5]
     return y.transpose(2, 3, 0, 4, 1, 5).reshape(n, 2 * th, 2 * tw, -1)[:, :h, :wd]
 
 
-def _winograd_corners(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The four corners of the 2x2 output tiles of a Winograd convolution.
+def _winograd_corners(x: jax.Array, w: jax.Array, tile: int = 2) -> jax.Array:
+    """The four corners of the 2x2 windows of a Winograd convolution's output.
 
-    ``[2, 2, N, ceil(H / 2), ceil(W / 2), C_out]``: ``[a, b, n, i, j]`` is the
-    convolution's output at ``(n, 2i + a, 2j + b)`` (for odd sizes, the last row or
-    column of tiles is half outside the output).
+    ``[2, 2, N, TH, TW, C_out]``, ``TH = tile / 2 * ceil(H / tile)`` (likewise
+    ``TW``): ``[a, b, n, i, j]`` is the convolution's output at ``(n, 2i + a, 2j + b)``.
+    Where the output's size is not a multiple of ``tile``, the last tiles reach past
+    it, and so do the corners there (the convolution of the zero padding).
     """
     n, h, wd, c = x.shape
-    th, tw = -(-h // 2), -(-wd // 2)  # output tiles
-    padded = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - wd), (0, 0)))
-    tiles = []
-    for t in _winograd_rows(*_stride2_windows(padded, 1, th)):  # [N, th, 2 tw + 2, C]
-        tiles.extend(_winograd_rows(*_stride2_windows(t, 2, tw)))
-    v = jnp.stack(tiles).reshape(16, n * th * tw, c)  # B^T d B, [16, tiles, C_in]
-    g = jnp.asarray(_WINOGRAD_G, w.dtype)
-    u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(16, c, -1)  # G w G^T
-    m = jnp.matmul(v, u)  # [16, tiles, C_out], index 4 i + j
-    # A^T m A by adds, one axis at a time, on the 16 products taken by lax.split (so
-    # that reverse mode concatenates instead of padding and adding); a [4, 16] matmul
-    # here made XLA transpose m and its gradient in memory.
-    m = [p.reshape(n, th, tw, -1) for p in jax.lax.split(m, (1,) * 16)]
-    half = [_winograd_out_rows(*m[4 * i : 4 * i + 4]) for i in range(4)]  # half[i][b]
-    y = [_winograd_out_rows(*(half[i][b] for i in range(4))) for b in range(2)]  # y[b][a]
-    return jnp.stack([jnp.stack([y[0][a], y[1][a]]) for a in range(2)])
+    coeffs = _WINOGRAD[tile]
+    bt, at, size = coeffs["BT"], coeffs["AT"], tile + 2
+    th, tw = -(-h // tile), -(-wd // tile)  # output tiles
+    padded = jnp.pad(
+        x, ((0, 0), (1, tile * (th + 1) - 1 - h), (1, tile * (tw + 1) - 1 - wd), (0, 0))
+    )
+    v = []
+    for t in _combine(bt, _strided_windows(padded, 1, th, tile)):  # [N, th, W', C]
+        v.extend(_combine(bt, _strided_windows(t, 2, tw, tile)))
+    v = jnp.stack(v).reshape(size * size, n * th * tw, c)  # B^T d B, [size^2, tiles, C_in]
+    g = jnp.asarray(coeffs["G"], w.dtype)
+    u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(size * size, c, -1)  # G w G^T
+    m = jnp.matmul(v, u)  # [size^2, tiles, C_out], index size * i + j
+    # A^T m A by adds, one axis at a time, on the products taken by lax.split (so that
+    # reverse mode concatenates instead of padding and adding); a matmul here made XLA
+    # transpose m and its gradient in memory.
+    m = [p.reshape(n, th, tw, -1) for p in jax.lax.split(m, (1,) * (size * size))]
+    half = [_combine(at, m[size * i : size * (i + 1)]) for i in range(size)]  # half[i][b]
+    y = [_combine(at, [half[i][b] for i in range(size)]) for b in range(tile)]  # y[b][a]
+    if tile == 2:
+        return jnp.stack([jnp.stack([y[0][a], y[1][a]]) for a in range(2)])
+    # output (tile * I + 2 s + p, tile * J + 2 q + r) is corner (p, r) of window
+    # (tile / 2 * I + s, tile / 2 * J + q)
+    half_tile = tile // 2
+    grid = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    jnp.stack(
+                        [
+                            jnp.stack([y[2 * q + r][2 * s + p] for q in range(half_tile)])
+                            for s in range(half_tile)
+                        ]
+                    )
+                    for r in range(2)
+                ]
+            )
+            for p in range(2)
+        ]
+    )  # [p, r, s, q, N, I, J, C]
+    return grid.transpose(0, 1, 4, 5, 2, 6, 3, 7).reshape(
+        2, 2, n, half_tile * th, half_tile * tw, -1
+    )
 
 
-def _stride2_windows(x: jax.Array, axis: int, count: int) -> tuple[jax.Array, ...]:
-    """``x[a : a + 2 count : 2]`` along ``axis`` for ``a = 0, 1, 2, 3``; ``x`` has
-    ``2 count + 2`` entries there.
+def _strided_windows(x: jax.Array, axis: int, count: int, tile: int) -> tuple[jax.Array, ...]:
+    """``x[a : a + tile * count : tile]`` along ``axis`` for ``a = 0, ..., tile + 1``;
+    ``x`` has ``tile * (count + 1)`` entries there.
 
-    By parity, a reshape and ``lax.split`` followed by one-step shifts, so that reverse
-    mode is a concatenate and one-entry pads rather than four strided pads with
-    interior padding, each tested at every element of the gradient.
+    By phase, a reshape and ``lax.split`` followed by one-step shifts, so that reverse
+    mode is a concatenate and one-entry pads rather than strided pads with interior
+    padding, each tested at every element of the gradient.
     """
     shape = x.shape
-    pairs = x.reshape(shape[:axis] + (count + 1, 2) + shape[axis + 1 :])
-    halves = shape[:axis] + (count + 1,) + shape[axis + 1 :]
-    even, odd = (p.reshape(halves) for p in jax.lax.split(pairs, (1, 1), axis=axis + 1))
+    phases = x.reshape(shape[:axis] + (count + 1, tile) + shape[axis + 1 :])
+    rows = shape[:axis] + (count + 1,) + shape[axis + 1 :]
+    phase = [p.reshape(rows) for p in jax.lax.split(phases, (1,) * tile, axis=axis + 1)]
     head = lambda p: jax.lax.slice_in_dim(p, 0, count, axis=axis)
     tail = lambda p: jax.lax.slice_in_dim(p, 1, count + 1, axis=axis)
-    return head(even), head(odd), tail(even), tail(odd)
-
-
-def _winograd_out_rows(r0, r1, r2, r3):
-    return (r0 + r1 + r2, r1 - r2 - r3)  # A^T applied along one axis
+    return tuple(head(p) for p in phase) + (tail(phase[0]), tail(phase[1]))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
