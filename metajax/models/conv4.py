@@ -606,14 +606,18 @@ def _winograd_corners(x: jax.Array, w: jax.Array, tile: int = 2) -> jax.Array:
     v = []
     for t in _combine(bt, _strided_windows(padded, 1, th, tile)):  # [N, th, W', C]
         v.extend(_combine(bt, _strided_windows(t, 2, tw, tile)))
-    v = jnp.stack(v).reshape(size * size, n * th * tw, c)  # B^T d B, [size^2, tiles, C_in]
     g = jnp.asarray(coeffs["G"], w.dtype)
     u = jnp.einsum("ai,ijck,bj->abck", g, w, g).reshape(size * size, c, -1)  # G w G^T
-    m = jnp.matmul(v, u)  # [size^2, tiles, C_out], index size * i + j
-    # A^T m A by adds, one axis at a time, on the products taken by lax.split (so that
-    # reverse mode concatenates instead of padding and adding); a matmul here made XLA
-    # transpose m and its gradient in memory.
-    m = [p.reshape(n, th, tw, -1) for p in jax.lax.split(m, (1,) * (size * size))]
+    # One matmul [tiles, C_in] x [C_in, C_out] per tile entry k = size * i + j, on the
+    # transformed windows as they come: a batched matmul needs them stacked (a copy),
+    # its products split again for A^T, and reverse mode the same twice over.
+    u = jax.lax.split(u, (1,) * (size * size))
+    m = [
+        jnp.dot(vk.reshape(n * th * tw, c), uk[0]).reshape(n, th, tw, -1)
+        for vk, uk in zip(v, u, strict=True)
+    ]
+    # A^T m A by adds, one axis at a time (a matmul here made XLA transpose m and its
+    # gradient in memory).
     half = [_combine(at, m[size * i : size * (i + 1)]) for i in range(size)]  # half[i][b]
     y = [_combine(at, [half[i][b] for i in range(size)]) for b in range(tile)]  # y[b][a]
     if tile == 2:
