@@ -514,7 +514,8 @@ _WINOGRAD = {
 # on 14x14 (16 tiles of 36 products per image against 49 of 16): W1 +23% and W2 +27%
 # per meta-step with tune_xla_cpu, W2 +5% with XLA's default flags against 2 with
 # tune_xla_cpu, at twice the memory; the bigger transforms eat the matmuls' gain
-# (benchmarks/results/winograd_f4_ab.md).
+# (benchmarks/results/winograd_f4_ab.md; after one matmul per tile entry, W1 +36%,
+# W2 +34%).
 WINOGRAD_TILE = 2
 
 # Calls with fewer 2x2 output tiles keep im2col (see _winograd_pays).
