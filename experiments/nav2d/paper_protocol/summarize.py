@@ -17,6 +17,7 @@ import os
 import re
 
 import numpy as np
+from scipy import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAV2D = os.path.dirname(HERE)
@@ -94,6 +95,20 @@ def main():
             f"the code's protocol, after 0 / 1 / 2 / 3 steps: {fmt(mean)} "
             f"(paper: {fmt(PAPER)})."
         )
+        if len(at_500) > 1:
+            # Student's t interval over seeds: the spread between seeds, not within one.
+            values = np.array(list(at_500.values()))
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(axis=0, ddof=1)
+            half /= np.sqrt(len(values))
+            ranges = " / ".join(f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(mean - half, mean + half))
+            inside = [
+                "yes" if lo <= p <= hi else "no"
+                for lo, hi, p in zip(mean - half, mean + half, PAPER)
+            ]
+            print(
+                f"- 95% t-interval of that mean over the {len(values)} seeds, after 0 / 1 / 2 / 3 "
+                f"steps: {ranges}; the paper's figure inside: {' / '.join(inside)}."
+            )
     for seed in seeds:
         tag = [t for t in TAGS if os.path.exists(os.path.join(HERE, f"best_s{seed}{t}.json"))][-1]
         best = json.load(open(os.path.join(HERE, f"best_s{seed}{tag}.json")))
