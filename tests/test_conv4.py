@@ -61,6 +61,12 @@ def test_winograd_convolution_and_its_corners_equal_the_plain_convolution(size, 
             )
 
 
+def test_winograd_rejects_an_unknown_tile():
+    x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match="tile must be one of"):
+        conv4._winograd_corners(x, w, 3)
+
+
 @pytest.mark.parametrize("c_in,size", [(1, 12), (4, 3)])
 def test_im2col_vjp_gradients_of_first_and_second_order_match_xla(c_in, size):
     with jax.enable_x64(True):
