@@ -4,8 +4,8 @@
 # then evaluating the kept and the last state on 100 held-out goals, beside the random
 # initialisation with the same adaptation. Usage, from the repository root:
 #   SEEDS="1 2" STEPS=60 bash experiments/metamaze/trpo.sh
-# (seed 0 was run with STEPS=400 and stopped at iteration 120 by the session's time;
-# its commands are in README.md.)
+# (seed 0 was run with STEPS=400 and stopped by SIGTERM at iteration 125 (checkpoint
+# saved) for the session's time; its commands are in experiments/metamaze/README.md.)
 set -euo pipefail
 SEEDS=${SEEDS:-"1 2"}
 STEPS=${STEPS:-60}

@@ -335,15 +335,16 @@ def _fused_block(x, conv_params, bn_params, example_mask, stats, winograd=False)
 
 
 def _winograd_block(x, conv_params, bn_params, example_mask, stats):
-    """:func:`_fused_block` with the convolution by Winograd F(2x2, 3x3).
+    """:func:`_fused_block` with the convolution by Winograd F(2x2, 3x3) (or
+    F(4x4, 3x3) with ``WINOGRAD_TILE = 4``).
 
-    The 2x2 output tiles are the max-pool's windows, so the convolution is kept as its
-    four window corners (:func:`_winograd_corners`) and never interleaved into a
+    The output tiles are made of whole max-pool windows, so the convolution is kept as
+    its four window corners (:func:`_winograd_corners`) and never interleaved into a
     full-resolution tensor: the pool is a ``maximum`` of the four, and the batch
-    statistics are sums over them. With an odd height (or width) the last row of
-    tiles is half outside the output: its corners ``(1, .)`` are masked out of the
-    statistics, and the pool (which drops the last row, as :func:`max_pool_2x2` does)
-    does not reach it.
+    statistics are sums over them. Where the output's size is not a multiple of the
+    tile, the last tiles reach past it: those corners are masked out of the statistics,
+    and the pool (which drops an odd last row, as :func:`max_pool_2x2` does) does not
+    reach them.
     """
     n, h, wd, _ = x.shape
     b = conv_params["b"]
