@@ -1,6 +1,7 @@
 """Where a W1/W2 meta-step's time goes, by compiled operation, from JAX's profiler.
 
-Runs the workload's second-order MAML step (``task_parallel="map"``), optionally on a
+Runs the workload's second-order MAML step (``task_parallel="map"``, or
+``--task-parallel``), optionally on a
 CPU split into single-threaded devices (``--cpu-devices``, :func:`metajax.cpu_devices`,
 the step sharded over them), records ``--steps`` steps with ``jax.profiler`` and sums
 the trace's complete events by operation name, with the trailing ``.N`` of XLA's
@@ -83,6 +84,17 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default="W1-so-1step")
     parser.add_argument("--cpu-devices", type=int, default=0)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--task-parallel",
+        default="map",
+        help="how the step runs tasks: vmap, map, or a chunk size",
+    )
+    parser.add_argument(
+        "--tune-xla",
+        action="store_true",
+        help="with metajax.tune_xla_cpu, as the CLI and omniglot_vs_peers.py run "
+        "(without it, XLA's default CPU flags: the profile logs of 2026-12-06 and before)",
+    )
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument(
         "--instructions",
@@ -92,13 +104,16 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     mj.cpu_devices(args.cpu_devices)  # before JAX starts its backends
+    if args.tune_xla:
+        mj.tune_xla_cpu()
     mj.tune_host_allocator()
     import _bench
     import jax
     from torch_peers import get_workload
 
+    mode = int(args.task_parallel) if args.task_parallel.isdigit() else args.task_parallel
     tasks, learner, outer, state = _bench.omniglot_workload(get_workload(args.workload), "auto")
-    step = mj.make_train_step(learner, outer, pre_adaptation_metrics=False, task_parallel="map")
+    step = mj.make_train_step(learner, outer, pre_adaptation_metrics=False, task_parallel=mode)
     run, state, hlo = _bench.sharded_task_batch_step(step, state, tasks)
     for _ in range(3):  # compile and warm up
         state, _ = run(state, tasks)
