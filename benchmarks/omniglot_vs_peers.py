@@ -63,7 +63,7 @@ def time_metajax(
     import _bench  # this directory is on sys.path when a script runs
     import jax
     import numpy as np
-    from torch_peers import get_workload  # the workload definitions only; no torch needed
+    from torch_peers import _rss_now_mb, get_workload  # workload definitions; no torch needed
 
     from metajax.models import conv4
 
@@ -74,6 +74,7 @@ def time_metajax(
         raise ValueError("this script times the Omniglot workloads (W1, W2)")
     tasks_n = w["meta_batch"]
     tasks, learner, outer, state = _bench.omniglot_workload(w, conv)
+    rss_before_compile = _rss_now_mb()
     step = mj.make_train_step(
         learner,
         outer,
@@ -94,6 +95,7 @@ def time_metajax(
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
+    peak_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for _ in range(warmup):
         state, metrics = compiled(state, tasks)
     jax.block_until_ready(state)
@@ -119,6 +121,12 @@ def time_metajax(
         "compile_s": compile_s,
         "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        # Where the peak comes from: the process before the step is built (Python, JAX,
+        # the data), the high-water mark once the first call (sharded: compile and one
+        # step; else the compile alone) returned, and the resident set after the timed steps.
+        "rss_before_compile_mb": rss_before_compile,
+        "peak_rss_after_compile_mb": peak_after_compile,
+        "rss_end_mb": _rss_now_mb(),
         "jax_version": jax.__version__,
         "jax_backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,

@@ -623,6 +623,7 @@ def time_peer(
         "tasks_per_s": w["meta_batch"] / med if times else float("nan"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "rss_after_setup_mb": rss_setup,
+        "rss_end_mb": _rss_now_mb(),
         **_device_info(dev),
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None,
         "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20 if cuda else None,
