@@ -181,6 +181,15 @@ def test_point_robot_and_meta_maze_recipes_smoke(tmp_path):
             )
         results = nav2d.evaluate(nav2d.PointRobotEval(workdirs=tuple(workdirs), num_tasks=2))
         assert results["env"] == env and len(results["runs"]) == 3
+        run = results["runs"][workdirs[0]]
+        per_goal = np.asarray(run["per_goal_returns"])
+        assert per_goal.shape == (2, 4)  # goals, 0..3 inner steps
+        np.testing.assert_allclose(per_goal.mean(0), [m for m, _ in run["returns"]], rtol=1e-6)
+        mean, _ = nav2d.paired_difference(results, workdirs[0], 1, "random init", 0)
+        rand = np.asarray(results["runs"]["random init"]["per_goal_returns"])
+        np.testing.assert_allclose(mean, (per_goal[:, 1] - rand[:, 0]).mean(), rtol=1e-6)
+        with pytest.raises(KeyError, match="no run 'nope'"):
+            nav2d.paired_difference(results, "nope", 1, "random init", 0)
         assert (tmp_path / env / "maml" / f"{env}_trajectories.png").exists()
 
 

@@ -537,3 +537,23 @@ def test_nav2d_eval_can_sample_more_episodes_than_training():
     result = learner.adapt(state.meta_params, task, steps=1)[1]
     assert result.trajectories.rewards.shape == (2, 4, 14)
     assert (result.trajectories.masks.sum((1, 2)) >= 35).all()
+
+
+def test_paired_difference_pairs_goals():
+    from metajax.recipes import nav2d
+
+    # Goal difficulty dominates each policy's spread; the pairing removes it.
+    goals = np.array([-50.0, -10.0, -30.0, -5.0])
+    results = {
+        "runs": {
+            "a": {"per_goal_returns": np.stack([goals, goals + 2.0], 1).tolist()},
+            "b": {"per_goal_returns": np.stack([goals + 1.0, goals], 1).tolist()},
+            "old": {"returns": [(0.0, 0.0)]},
+        }
+    }
+    mean, half = nav2d.paired_difference(results, "a", 1, "b", 0)
+    assert mean == pytest.approx(1.0) and half == pytest.approx(0.0)
+    mean, half = nav2d.paired_difference(results, "a", 0, "b", 1)
+    assert mean == pytest.approx(0.0) and half == pytest.approx(0.0)
+    with pytest.raises(KeyError, match="no per_goal_returns"):
+        nav2d.paired_difference(results, "old", 0, "b", 0)

@@ -371,6 +371,31 @@ def _summary(returns: np.ndarray) -> list[tuple[float, float]]:
     return [(float(m), float(c)) for m, c in zip(returns.mean(0), ci)]
 
 
+def paired_difference(
+    results: dict, run_a: str, steps_a: int, run_b: str, steps_b: int
+) -> tuple[float, float]:
+    """Mean and 95% CI half-width of ``a - b`` over the held-out goals, goal by goal.
+
+    ``a`` is run ``run_a``'s return after ``steps_a`` inner steps, ``b`` run ``run_b``'s
+    after ``steps_b``, both from one :func:`evaluate` result (the same goals and episode
+    keys). Pairing removes the goals' own spread (near goals are easy for every
+    policy), which dominates each policy's separate CI.
+
+    Raises:
+      KeyError: a run is not in ``results`` or was evaluated before per-goal returns
+        were kept.
+    """
+    rows = []
+    for run, steps in ((run_a, steps_a), (run_b, steps_b)):
+        if run not in results["runs"]:
+            raise KeyError(f"no run {run!r} in this evaluation: {sorted(results['runs'])}")
+        if "per_goal_returns" not in results["runs"][run]:
+            raise KeyError(f"run {run!r} has no per_goal_returns (evaluated before they were kept)")
+        rows.append(np.asarray(results["runs"][run]["per_goal_returns"])[:, steps])
+    diff = rows[0] - rows[1]
+    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
 def evaluate(cfg: Nav2DEval) -> dict:
     """Evaluates the runs (and a random initialisation); writes a table and figures."""
     out_dir = cfg.out or cfg.workdirs[0]
@@ -406,13 +431,17 @@ def evaluate(cfg: Nav2DEval) -> dict:
             policy,
             state.meta_params,
         )
+        per_goal = adaptation_returns(
+            learner, state.meta_params, tasks, cfg.steps, cfg.later_lr_scale
+        )
         results["runs"][name] = {
             "algorithm": algorithm,
             "meta_steps": 0 if untrained else int(state.step),
             "meta_gradient": train_cfg.meta_gradient if algorithm == "maml" else "-",
-            "returns": _summary(
-                adaptation_returns(learner, state.meta_params, tasks, cfg.steps, cfg.later_lr_scale)
-            ),
+            "returns": _summary(per_goal),
+            # [goals, steps + 1]: every policy meets the same goals and episode keys, so
+            # two policies compare goal by goal (:func:`paired_difference`).
+            "per_goal_returns": per_goal.tolist(),
         }
     with open(os.path.join(out_dir, f"{env}_eval.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -642,5 +671,6 @@ __all__ = [
     "evaluate",
     "load_run",
     "make_policy",
+    "paired_difference",
     "train",
 ]
