@@ -35,3 +35,6 @@ metajax eval metamaze --workdirs $dirs $w/best $w runs/metamaze/h20-maml-trpo-lr
   --later-lr-scale 0.5 --out runs/metamaze/h20-eval > $out/eval.log 2>&1
 cp runs/metamaze/h20-eval/metamaze_eval.json runs/metamaze/h20-eval/metamaze_eval.md $out/
 cp runs/metamaze/h20-eval/metamaze_returns.png runs/metamaze/h20-eval/metamaze_trajectories.png $out/
+m="runs/metamaze/h20-maml-trpo-lr05-s0/best runs/metamaze/h20-maml-trpo-lr05-s1/best runs/metamaze/h20-maml-trpo-lr05-s2/best"
+python experiments/metamaze/paired.py $out/metamaze_eval.json --a $(for r in $m; do echo $r@1; done) mean@1 \
+  --b $w/best@0 $w@0 "random init@1" --mean $m > $out/paired.md
