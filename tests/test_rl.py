@@ -555,5 +555,7 @@ def test_paired_difference_pairs_goals():
     assert mean == pytest.approx(1.0) and half == pytest.approx(0.0)
     mean, half = nav2d.paired_difference(results, "a", 0, "b", 1)
     assert mean == pytest.approx(0.0) and half == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="after 0..1 inner steps, not -1"):
+        nav2d.paired_difference(results, "a", -1, "b", 0)
     with pytest.raises(KeyError, match="no per_goal_returns"):
         nav2d.paired_difference(results, "old", 0, "b", 0)

@@ -378,12 +378,13 @@ def paired_difference(
 
     ``a`` is run ``run_a``'s return after ``steps_a`` inner steps, ``b`` run ``run_b``'s
     after ``steps_b``, both from one :func:`evaluate` result (the same goals and episode
-    keys). Pairing removes the goals' own spread (near goals are easy for every
-    policy), which dominates each policy's separate CI.
+    keys). Pairing removes the part of each policy's spread that comes from the goals
+    themselves (a near goal is easy for every policy).
 
     Raises:
       KeyError: a run is not in ``results`` or was evaluated before per-goal returns
         were kept.
+      ValueError: a step count outside the evaluated ``0..steps``.
     """
     rows = []
     for run, steps in ((run_a, steps_a), (run_b, steps_b)):
@@ -391,7 +392,13 @@ def paired_difference(
             raise KeyError(f"no run {run!r} in this evaluation: {sorted(results['runs'])}")
         if "per_goal_returns" not in results["runs"][run]:
             raise KeyError(f"run {run!r} has no per_goal_returns (evaluated before they were kept)")
-        rows.append(np.asarray(results["runs"][run]["per_goal_returns"])[:, steps])
+        per_goal = np.asarray(results["runs"][run]["per_goal_returns"])
+        if not 0 <= steps < per_goal.shape[1]:
+            raise ValueError(
+                f"run {run!r} was evaluated after 0..{per_goal.shape[1] - 1} inner steps, "
+                f"not {steps}"
+            )
+        rows.append(per_goal[:, steps])
     diff = rows[0] - rows[1]
     return float(diff.mean()), float(1.96 * diff.std(ddof=1) / np.sqrt(diff.size))
 
