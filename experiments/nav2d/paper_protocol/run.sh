@@ -6,15 +6,24 @@
 # candidate (iterations 210-500), judged by its meta-batch's return after adaptation.
 # The final and the kept state are both evaluated like the A/B runs: the MAML code's
 # test protocol (../rllab_protocol) and 20-episode batches, later steps at 0.25 x.
-# STEPS (default 500) sets where the resumed run stops.
+# STEPS (default 500) sets where the resumed run stops. A seed without the A/B's run
+# (seeds 3 and 4) first trains its 200 iterations with the A/B's command
+# (../estimator_ab/run.sh), without the A/B's evaluations.
 # Usage (from the repository root): SEED=0 bash experiments/nav2d/paper_protocol/run.sh
 set -euo pipefail
 out=experiments/nav2d/paper_protocol
 seed=${SEED:-0}
 steps=${STEPS:-500}
 wd=runs/nav2d/ab-dice-s${seed}-${steps}
-[ -d $wd ] || cp -r runs/nav2d/ab-dice-s${seed} $wd
 start=$(date +%s)
+if [ ! -d $wd ] && [ ! -d runs/nav2d/ab-dice-s${seed} ]; then
+  metajax train nav2d --workdir runs/nav2d/ab-dice-s${seed} --outer-optimizer trpo \
+    --meta-gradient dice --seed $seed --steps 200 --checkpoint-every 10 --no-progress \
+    >> $out/train_s${seed}.log 2>&1
+  echo "seed $seed: the A/B's 200 meta-iterations in $(( $(date +%s) - start )) s" >> $out/train_s${seed}.log
+  start=$(date +%s)
+fi
+[ -d $wd ] || cp -r runs/nav2d/ab-dice-s${seed} $wd
 metajax train nav2d --workdir $wd --outer-optimizer trpo --meta-gradient dice --seed $seed \
   --steps $steps --checkpoint-every 10 --keep-best return_post --no-progress >> $out/train_s${seed}.log 2>&1
 echo "seed $seed: resumed to $steps meta-iterations in $(( $(date +%s) - start )) s" >> $out/train_s${seed}.log

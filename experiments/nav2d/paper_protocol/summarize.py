@@ -4,7 +4,7 @@ For each seed with ``protocol_s<seed>_{final,best}.log`` here (and seed 1's 400-
 leg, ``*_s1_i500_*``): the MAML code's test
 protocol (``AverageReturn``) and the 20-episode evaluation (``eval_s<seed>_*.json``) of
 the final and the kept (best training return, ``best_s<seed>.json``) state, beside the
-same seed's 200-iteration run (``../rllab_protocol/dice_s<seed>_x0.25_current.log``,
+same seed's 200-iteration run where it was evaluated (seeds 0-2) (``../rllab_protocol/dice_s<seed>_x0.25_current.log``,
 ``../estimator_ab/eval_dice_s<seed>_x0.25.json``); then the mean training return after
 adaptation (``metrics_s<seed>.jsonl``) over each 100 iterations.
 
@@ -65,13 +65,16 @@ def main():
     print("|---|---|---|---|---|")
     at_500 = {}
     for seed in seeds:
-        base_p = protocol(os.path.join(NAV2D, "rllab_protocol", f"dice_s{seed}_x0.25_current.log"))
-        base_e, base_steps = episodes(
-            os.path.join(NAV2D, "estimator_ab", f"eval_dice_s{seed}_x0.25.json")
-        )
-        print(
-            f"| {seed} | the estimator A/B's run | {base_steps} | {fmt(base_p)} | {fmt(base_e)} |"
-        )
+        base = os.path.join(NAV2D, "rllab_protocol", f"dice_s{seed}_x0.25_current.log")
+        if os.path.exists(base):  # seeds 3 and 4 had no A/B evaluation at 200 iterations
+            base_p = protocol(base)
+            base_e, base_steps = episodes(
+                os.path.join(NAV2D, "estimator_ab", f"eval_dice_s{seed}_x0.25.json")
+            )
+            print(
+                f"| {seed} | the estimator A/B's run | {base_steps} | {fmt(base_p)} "
+                f"| {fmt(base_e)} |"
+            )
         for tag in TAGS:
             for which in ("final", "best"):
                 p = os.path.join(HERE, f"protocol_s{seed}{tag}_{which}.log")
