@@ -2,7 +2,7 @@
 # MetaMaze with a 20-step horizon, where one policy cannot sweep the maze (at 100 steps a
 # policy pretrained on all tasks tours it and reaches 86-89% of goals without adapting:
 # README, "A pretrained baseline"). The same recipe as trpo.sh (TRPO outer step, inner
-# step 0.5, the best training return after adaptation kept), MAML on three seeds beside a
+# step 0.5, the best training return after adaptation kept), MAML on five seeds beside a
 # policy pretrained on all tasks with TRPO (best training return kept), all evaluated on
 # the same 100 held-out goals with the same adaptation, beside the random initialisation.
 # Usage, from the repository root: bash experiments/metamaze/horizon20.sh

@@ -399,8 +399,8 @@ def paired_difference(
                 f"not {steps}"
             )
         rows.append(per_goal[:, steps])
-    diff = rows[0] - rows[1]
-    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / np.sqrt(diff.size))
+    ((mean, half),) = _summary((rows[0] - rows[1])[:, None])
+    return mean, half
 
 
 def evaluate(cfg: Nav2DEval) -> dict:

@@ -7,7 +7,7 @@
 # The final and the kept state are both evaluated like the A/B runs: the MAML code's
 # test protocol (../rllab_protocol) and 20-episode batches, later steps at 0.25 x.
 # STEPS (default 500) sets where the resumed run stops. A seed without the A/B's run
-# (seeds 3 and 4) first trains its 200 iterations with the A/B's command
+# (seed 3 on) first trains its 200 iterations with the A/B's command
 # (../estimator_ab/run.sh), without the A/B's evaluations.
 # Usage (from the repository root): SEED=0 bash experiments/nav2d/paper_protocol/run.sh
 set -euo pipefail
