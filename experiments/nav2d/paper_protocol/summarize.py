@@ -6,7 +6,8 @@ protocol (``AverageReturn``) and the 20-episode evaluation (``eval_s<seed>_*.jso
 the final and the kept (best training return, ``best_s<seed>.json``) state, beside the
 same seed's 200-iteration run where it was evaluated (seeds 0-2) (``../rllab_protocol/dice_s<seed>_x0.25_current.log``,
 ``../estimator_ab/eval_dice_s<seed>_x0.25.json``); then the mean training return after
-adaptation (``metrics_s<seed>.jsonl``) over each 100 iterations.
+adaptation (``metrics_s<seed>.jsonl``) over each 100 iterations. Where the 20-episode
+evaluation kept per-goal returns (seed 3 on), also their median and the worst goals.
 
 Usage: python experiments/nav2d/paper_protocol/summarize.py > experiments/nav2d/paper_protocol/summary.md
 """
@@ -112,6 +113,21 @@ def main():
                 f"- 95% t-interval of that mean over the {len(values)} seeds, after 0 / 1 / 2 / 3 "
                 f"steps: {ranges}; the paper's figure inside: {' / '.join(inside)}."
             )
+    for seed in seeds:  # where the 20-episode evaluation kept per-goal returns (seed 3 on)
+        e = os.path.join(HERE, f"eval_s{seed}_final.json")
+        (run,) = json.load(open(e))["runs"].values() if os.path.exists(e) else ({},)
+        if "per_goal_returns" not in run:
+            continue
+        per_goal = np.asarray(run["per_goal_returns"])
+        worst = np.argsort(per_goal[:, 2])[:2]
+        print(
+            f"- seed {seed}, final state, 20-episode evaluation goal by goal: median after "
+            f"0 / 1 / 2 / 3 steps {fmt(np.median(per_goal, 0))}; the worst goals after two "
+            + "steps: "
+            + ", ".join(f"goal {g}: {fmt(per_goal[g])}" for g in worst)
+            + f"; the two-step mean without goal {worst[0]}: "
+            f"{np.delete(per_goal[:, 2], worst[0]).mean():.2f} (with it: {per_goal[:, 2].mean():.2f})"
+        )
     for seed in seeds:
         tag = [t for t in TAGS if os.path.exists(os.path.join(HERE, f"best_s{seed}{t}.json"))][-1]
         best = json.load(open(os.path.join(HERE, f"best_s{seed}{tag}.json")))
