@@ -6,7 +6,8 @@ rounds (``_bench.time_interleaved``), so load changes on a shared machine hit ev
 mode alike. Memory is the compiled program's ``memory_analysis()``.
 
 Workloads: W1 (conv4-64, 5-way 1-shot, 1 query per class, meta-batch 32, 1 inner
-step, second order), the same with conv4-32 and meta-batch 16, and W3 (sinusoid MLP 1-40-40-1, 10 + 10 points, meta-batch 25,
+step, second order), the same with conv4-32 and meta-batch 16 or 8 (the suite's
+conv4 base), and W3 (sinusoid MLP 1-40-40-1, 10 + 10 points, meta-batch 25,
 1 and 5 inner steps, second order; 10 meta-steps per compiled call so that the
 per-call overhead does not hide the differences). Tasks are drawn on the device.
 
@@ -32,12 +33,17 @@ WORKLOADS = {
     "W1-conv4-32-mb16": dict(
         model="conv4", channels=32, meta_batch=16, inner_steps=1, steps_per_call=1
     ),
+    # The suite's conv4 base configuration (benchmarks/suite.py).
+    "W1-conv4-32-mb8": dict(
+        model="conv4", channels=32, meta_batch=8, inner_steps=1, steps_per_call=1
+    ),
     "W3-1step": dict(model="mlp", meta_batch=25, inner_steps=1, steps_per_call=10),
     "W3-5step": dict(model="mlp", meta_batch=25, inner_steps=5, steps_per_call=10),
 }
 TIMING = {
     "W1": (3, 2),
     "W1-conv4-32-mb16": (3, 3),
+    "W1-conv4-32-mb8": (3, 5),
     "W3-1step": (5, 20),
     "W3-5step": (5, 10),
 }  # rounds, calls/round

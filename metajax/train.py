@@ -112,7 +112,7 @@ def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | in
     """The task-parallel mode ``"auto"`` stands for; other modes are returned unchanged.
 
     The rule, from ``benchmarks/task_parallel.py`` (every mode compiled in one process
-    and timed in alternating rounds; ``benchmarks/results/task_parallel.md``):
+    and timed in alternating rounds; ``benchmarks/results/task_parallel*.md``):
 
     * GPU and TPU: ``"vmap"``. One batched program keeps the device busy; ``lax.map``
       runs every task's small kernels one after the other. Measured on an H200 (W1
@@ -129,25 +129,33 @@ def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | in
       elementwise work (batch norm, ReLU, pooling, the im2col patch copies) streams
       these arrays through memory, and batched over many tasks they outgrow the cache.
 
-    Measured on a 2-core Xeon (2 MiB L2 per core) shared with other jobs (load average
-    2.7-3.9), host allocator tuned as the CLI does (:func:`metajax.tune_host_allocator`),
-    seconds per meta-step, second-order MAML:
+    Measured on a 2-core Xeon (2 MiB L2 per core), host allocator tuned as the CLI does
+    (:func:`metajax.tune_host_allocator`), seconds per meta-step, second-order MAML,
+    re-measured on 2026-12-07 with the current conv4 (Winograd convolutions; load
+    average 1.6-1.8, ``benchmarks/results/task_parallel_2026-12-07.md`` and, for
+    meta-batch 8, ``task_parallel_mb8_2026-12-07.md``):
 
     =====================================  =======  =======  ======  ======  ======
     workload (largest per-task array)      vmap     map      2       4       8
     =====================================  =======  =======  ======  ======  ======
-    conv4-64, W1, meta-batch 32 (2.3 MB)   1.79     1.27     1.32    1.43    1.43
-    conv4-32, meta-batch 16 (1.1 MB)       0.344    0.198    0.193   0.222   0.295
-    MLP 1-40-40-1, mb 25, 1 step (6 kB)    0.0011   0.0011   0.0014  0.0013  0.0012
-    MLP, mb 25, 5 inner steps (32 kB)      0.0025   0.0039   0.0034  0.0028  0.0024
+    conv4-64, W1, meta-batch 32 (2.3 MB)   0.849    0.541    0.521   0.552   0.580
+    conv4-32, meta-batch 16 (1.1 MB)       0.128    0.092    0.098   0.090   0.094
+    conv4-32, meta-batch 8 (1.1 MB)        0.049    0.054    0.054   0.048
+    MLP 1-40-40-1, mb 25, 1 step (6 kB)    0.0009   0.0012   0.0011  0.0010  0.0009
+    MLP, mb 25, 5 inner steps (32 kB)      0.0029   0.0062   0.0044  0.0031  0.0031
     =====================================  =======  =======  ======  ======  ======
 
-    ``"auto"`` picked ``"map"``, ``"map"``, ``"vmap"``, ``"vmap"`` (1.24 s, 0.187 s,
-    1.06 ms, 2.37 ms in the same runs). ``lax.map`` also needs the least memory (W1:
-    42 MB of program memory against 794 MB for ``vmap``). Without the allocator tuning
-    ``vmap`` suffers most, as its large temporaries are page-faulted afresh on every
-    call: W1 6.5 s with ``vmap`` against 2.7 s with ``lax.map`` (load average 4.5-12;
-    ``benchmarks/results/task_parallel_untuned_allocator.md``).
+    ``"auto"`` picked ``"map"`` for the three conv4 rows and ``"vmap"`` for the MLP
+    (0.587 s, 0.103 s, 0.052 s, 0.91 ms, 2.87 ms in the same runs: ``"auto"`` is the
+    same program as the mode it picks, so these differences are the runs' noise, 5-10%).
+    At meta-batch 8 every mode is within that noise; from 16 tasks on, ``lax.map`` is
+    0.64-0.71x ``vmap``'s time. The first measurement (2026-11-29, before the Winograd
+    convolutions, load average 2.7-3.9, ``task_parallel.md``) picked the same way:
+    W1 1.79 s with ``vmap`` against 1.27 s with ``lax.map``. ``lax.map`` also needs the
+    least memory (W1: 30 MB of program memory against 428 MB for ``vmap``). Without the
+    allocator tuning ``vmap`` suffers most, as its large temporaries are page-faulted
+    afresh on every call: W1 6.5 s with ``vmap`` against 2.7 s with ``lax.map`` (load
+    average 4.5-12; ``benchmarks/results/task_parallel_untuned_allocator.md``).
 
     Args:
       mode: ``"auto"``, ``"vmap"``, ``"map"`` or a chunk size.
