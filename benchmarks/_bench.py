@@ -34,6 +34,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+import _host  # this directory is on sys.path wherever _bench is imported
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -346,6 +347,7 @@ def machine() -> dict:
         "device": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "cpu": platform.processor() or platform.machine(),
+        **_host.cpu_facts(),
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -40,6 +40,8 @@ import subprocess
 import sys
 import time
 
+import _host  # this directory is on sys.path when the script runs
+
 VARIANTS = {
     # name: (first_order, remat); MAML's variants
     "second-order": (False, False),
@@ -279,6 +281,7 @@ def main(argv=None) -> int:
     machine = {
         **_bench.source_state(),
         "machine": platform.processor() or platform.machine(),
+        **_host.cpu_facts(),
         "cpus": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
@@ -290,7 +293,7 @@ def main(argv=None) -> int:
         f"Meta-step on conv4-{args.channels}, W1 shape (5-way 1-shot, 1 query/class), "
         f"meta-batch {args.meta_batch}, task_parallel={args.task_parallel}; jax "
         f"{ok[0]['jax_version'] if ok else '?'} on {ok[0]['device'] if ok else '?'} "
-        f"({os.cpu_count()} cores), {machine['when']}, load average "
+        f"({os.cpu_count()} cores of {_host.describe()}), {machine['when']}, load average "
         f"{load_before[0]:.2f} before / {machine['loadavg_after'][0]:.2f} after; host "
         f"allocator {'not ' if args.no_tune_allocator else ''}tuned (metajax.tune_host_allocator)."
     )

@@ -35,6 +35,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
+import _host  # noqa: E402  (this directory is on sys.path when the script runs)
+
 
 def time_metajax(
     workload_name: str,
@@ -267,6 +269,7 @@ def main(argv=None) -> int:
     xla_modes = TUNED_SETTINGS[args.xla_cpu]
     machine = {
         "machine": platform.processor() or platform.machine(),
+        **_host.cpu_facts(),
         "cpus": os.cpu_count(),
         "peer_device": args.device,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),

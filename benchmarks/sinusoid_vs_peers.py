@@ -46,6 +46,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
+import _host  # noqa: E402  (this directory is on sys.path when the script runs)
+
 METAJAX_VARIANTS = (
     "metajax-plain",
     "metajax-fused",
@@ -373,7 +375,8 @@ def main(argv=None) -> int:
     header = (
         f"W3 sinusoid MAML, {args.rounds} rounds, {when}; jax "
         f"{ok[0]['jax_version'] if ok else '?'}, torch {torch_row.get('torch_version', '?')} "
-        f"({torch_row.get('threads', '?')} threads), {os.cpu_count()} CPU cores shared with "
+        f"({torch_row.get('threads', '?')} threads), {os.cpu_count()} cores of "
+        f"{_host.describe()} shared with "
         f"other work: load average {load_before[0]:.2f} before, {load_after[0]:.2f} after. "
         f"metajax-fused runs {args.steps_per_call} meta-steps per compiled call; metajax "
         f"workers {'without' if args.no_tune_allocator else 'with'} "

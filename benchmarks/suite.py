@@ -44,6 +44,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _bench  # noqa: E402
+import _host  # noqa: E402
 
 # Per model: the values of each axis; the first one is the base configuration.
 DEFAULT_AXES = {
@@ -202,7 +203,8 @@ def main(argv=None) -> int:
         r["fraction_of_matmul_peak"] = r["achieved_gflop_per_s"] / peak
     _bench.append_jsonl(args.out, [{**r, **extra} for r in rows])
     header = (
-        f"jax {after['jax_version']} on {after['device']} ({after['cpus']} cores, "
+        f"jax {after['jax_version']} on {after['device']} ({after['cpus']} cores of "
+        f"{_host.describe()}, "
         f"{after['devices']} device), {after['when']}. float32 matmul peak measured in the "
         f"same process: {peak:.0f} GFLOP/s (2048x2048 jnp.dot; "
         f"{peak_before['median']:.0f} before, {peak_after['median']:.0f} after). Load "

@@ -27,6 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _bench  # noqa: E402
+import _host  # noqa: E402
 
 WORKLOADS = {
     "W1": dict(model="conv4", meta_batch=32, inner_steps=1, steps_per_call=1),
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
     _bench.append_jsonl(args.out, [{**r, **after, **extra} for r in rows])
     lines = [
         f"Task-parallel modes, jax {after['jax_version']} on {after['device']} "
-        f"({after['cpus']} cores), {after['when']}; load average {before['loadavg'][0]:.2f} "
+        f"({after['cpus']} cores of {_host.describe()}), {after['when']}; load average {before['loadavg'][0]:.2f} "
         f"before, {after['loadavg'][0]:.2f} after. Modes timed in alternating rounds in one "
         f"process; host allocator {'tuned' if allocator_tuned else 'not tuned'} "
         "(metajax.tune_host_allocator).",

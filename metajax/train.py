@@ -86,7 +86,8 @@ def init_train_state(
 
 
 #: ``task_parallel="auto"`` on CPU: the largest array one chunk of tasks may create.
-#: The L2 cache per core of the 2-core Xeon it was measured on.
+#: The L2 cache per core of the 2-core Xeon it was first measured on; on a 2-core AMD
+#: EPYC (512 KiB L2 per core, 32 MiB L3) it still picks the fastest mode within noise.
 AUTO_CPU_CHUNK_BYTES = 2 * 2**20
 
 
@@ -129,10 +130,10 @@ def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | in
       elementwise work (batch norm, ReLU, pooling, the im2col patch copies) streams
       these arrays through memory, and batched over many tasks they outgrow the cache.
 
-    Measured on a 2-core Xeon (2 MiB L2 per core), host allocator tuned as the CLI does
-    (:func:`metajax.tune_host_allocator`), seconds per meta-step, second-order MAML,
-    re-measured on 2026-12-07 with the current conv4 (Winograd convolutions; load
-    average 1.6-1.8, ``benchmarks/results/task_parallel_2026-12-07.md`` and, for
+    Measured on 2026-12-07 on a 2-core AMD EPYC (512 KiB L2 per core, 32 MiB L3) with
+    the current conv4 (Winograd convolutions), host allocator tuned as the CLI does
+    (:func:`metajax.tune_host_allocator`), seconds per meta-step, second-order MAML
+    (load average 1.6-1.8, ``benchmarks/results/task_parallel_2026-12-07.md`` and, for
     meta-batch 8, ``task_parallel_mb8_2026-12-07.md``):
 
     =====================================  =======  =======  ======  ======  ======
@@ -149,8 +150,9 @@ def resolve_task_parallel(mode: str | int, fn: Callable, tasks: Any) -> str | in
     (0.587 s, 0.103 s, 0.052 s, 0.91 ms, 2.87 ms in the same runs: ``"auto"`` is the
     same program as the mode it picks, so these differences are the runs' noise, 5-10%).
     At meta-batch 8 every mode is within that noise; from 16 tasks on, ``lax.map`` is
-    0.64-0.71x ``vmap``'s time. The first measurement (2026-11-29, before the Winograd
-    convolutions, load average 2.7-3.9, ``task_parallel.md``) picked the same way:
+    0.64-0.71x ``vmap``'s time. The first measurement (2026-11-29, a 2-core Xeon with
+    2 MiB L2 per core, before the Winograd convolutions, load average 2.7-3.9,
+    ``task_parallel.md``) picked the same way:
     W1 1.79 s with ``vmap`` against 1.27 s with ``lax.map``. ``lax.map`` also needs the
     least memory (W1: 30 MB of program memory against 428 MB for ``vmap``). Without the
     allocator tuning ``vmap`` suffers most, as its large temporaries are page-faulted
