@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -198,6 +199,59 @@ def run_peer_isolated(
 TUNED_SETTINGS = {"default": [False], "tuned": [True], "both": [False, True]}
 
 
+def _config(r: dict) -> str:
+    """One measured setting, without its timing: the library and how it was run."""
+    if r["peer"] == "metajax":
+        return (
+            f"metajax (task_parallel={r.get('task_parallel')}, "
+            f"{r.get('xla_cpu', 'default')} XLA:CPU flags, cpu_devices={r.get('cpu_devices', 0)})"
+        )
+    return f"{r['peer']} ({r.get('allocator', 'default')} allocator)"
+
+
+def round_summary(results: list[dict]) -> list[str]:
+    """Each peer's per-round ratio to each metajax setting, and their spread.
+
+    A ratio is the peer's median step over metajax's in the same round. Over the
+    rounds: the geometric mean with a 95% t-interval of the log-ratios (rounds are
+    independent draws of the host's state), and the smallest and largest.
+    """
+    from statistics import mean, stdev
+
+    from scipy import stats  # the peers' extra brings scipy
+
+    lines = []
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        ok = [r for r in results if r["workload"] == workload and "error" not in r]
+        ours = sorted({_config(r) for r in ok if r["peer"] == "metajax"})
+        theirs = sorted({_config(r) for r in ok if r["peer"] != "metajax"})
+        for mine in ours:
+            for peer in theirs:
+                ratios = []
+                for round_ in sorted({r["round"] for r in ok}):
+                    a = [r for r in ok if r["round"] == round_ and _config(r) == mine]
+                    b = [r for r in ok if r["round"] == round_ and _config(r) == peer]
+                    if a and b:
+                        ratios.append(b[0]["sec_per_step_median"] / a[0]["sec_per_step_median"])
+                if not ratios:
+                    continue
+                logs = [math.log(x) for x in ratios]
+                text = (
+                    f"{workload}: {peer} / {mine}: rounds "
+                    + " ".join(f"{x:.2f}x" for x in ratios)
+                    + f"; geometric mean {math.exp(mean(logs)):.2f}x"
+                )
+                if len(logs) > 1:
+                    half = stats.t.ppf(0.975, len(logs) - 1) * stdev(logs) / math.sqrt(len(logs))
+                    text += (
+                        f", 95% t-interval [{math.exp(mean(logs) - half):.2f}x, "
+                        f"{math.exp(mean(logs) + half):.2f}x]"
+                    )
+                text += f", range {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds"
+                lines.append(text)
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["W1-so-1step", "W2-so-1step"])
@@ -247,6 +301,13 @@ def main(argv=None) -> int:
         help="metajax settings to time: 0 (the CPU as one device) or N single-threaded "
         "CPU devices with the step sharded over them (metajax.cpu_devices)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every measurement this many times, alternating metajax first and "
+        "the peers first, and summarise the ratio to each peer over the rounds",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -280,13 +341,14 @@ def main(argv=None) -> int:
         # Each measurement is printed and appended as soon as it ends, so a run cut
         # short (a time limit) keeps what it measured. No jax in this process: on a GPU
         # it would hold device memory the measured subprocesses need.
+        r = {**r, "round": machine.get("round", 0)}
         results.append(r)
         print(json.dumps(r), flush=True)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps({**r, **machine}) + "\n")
 
-    for workload in args.workloads:
+    def run_metajax(workload: str) -> None:
         for mode in args.task_parallel:
             for tune_xla in xla_modes:
                 for cpu_devices in args.cpu_devices:
@@ -302,6 +364,8 @@ def main(argv=None) -> int:
                             cpu_devices=cpu_devices,
                         )
                     )
+
+    def run_peers(workload: str) -> None:
         for peer in args.peers or []:
             for tuned in peer_modes:
                 record(
@@ -314,6 +378,16 @@ def main(argv=None) -> int:
                         device=args.device,
                     )
                 )
+
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1; got {args.rounds}")
+    for workload in args.workloads:
+        for round_ in range(args.rounds):
+            # Alternate the order, so that neither side always runs first (after a
+            # compile, or on a host that slows down as it warms up).
+            machine["round"] = round_
+            for run in (run_metajax, run_peers)[:: 1 if round_ % 2 == 0 else -1]:
+                run(workload)
 
     print(
         "| workload | library | s / meta-step (median, IQR) | tasks/s | peak RSS MB | "
@@ -341,6 +415,8 @@ def main(argv=None) -> int:
                 note = f"{r.get('lib_version', '')}, {r.get('device', 'cpu')}"
                 if r.get("peak_gpu_mem_mb") is not None:
                     note += f" ({r.get('device_name', '')}), peak GPU {r['peak_gpu_mem_mb']:.0f} MB"
+            if args.rounds > 1:
+                note += f", round {r['round']}"
             library = r["peer"]
             if r["peer"] == "metajax" and r.get("task_parallel", "vmap") != "vmap":
                 library += f" (task_parallel={r['task_parallel']})"
@@ -356,6 +432,10 @@ def main(argv=None) -> int:
                 f"{'' if r['peer'] == 'metajax' or ratio is None else f'{ratio:.2f}x'} "
                 f"| {note} |"
             )
+    if args.rounds > 1:
+        print()
+        for line in round_summary(results):
+            print(line)
     return 0
 
 
