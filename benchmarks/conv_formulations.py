@@ -15,7 +15,7 @@ Two measurements, in one process:
 blocks use Winograd (``WINOGRAD_RULES``: ``even``; ``even-1200``, the library's on a CPU
 that is one device; ``all``).
 
-``--cpu-devices N`` splits the CPU into N single-threaded devices
+``--cpu-devices N`` splits the CPU into N devices (one per core)
 (:func:`metajax.cpu_devices`) and shards each step over them
 (:func:`metajax.parallel.shard_train_step`); its compile time is then that of the
 first call (compile and one step).
@@ -44,7 +44,7 @@ import metajax as mj  # noqa: E402
 
 # Which blocks "winograd_fused" convolves by Winograd, for ``--convs winograd_fused@RULE``
 # (conv4._winograd_pays is read when a step is traced; the library's rule is "even-1200",
-# or "even" on a CPU split into single-threaded devices).
+# or "even" on a CPU split into one device per core).
 WINOGRAD_RULES = {
     "even": lambda shape: shape[1] % 2 == 0 and shape[2] % 2 == 0 and shape[3] >= 8,
     "even-1200": lambda shape: (
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         "--cpu-devices",
         type=int,
         default=0,
-        help="split the CPU into N single-threaded devices and shard each step over them",
+        help="split the CPU into N devices (one per core) and shard each step over them",
     )
     _bench.add_output_args(parser)
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Each core's single-thread float32 matmul rate, alone and with every core busy.
 
-Statically split work (the split CPU: one single-threaded JAX device per core, each with
+Statically split work (the split CPU: one JAX device per core, each with
 its share of the tasks) runs at the slowest core's pace, so a host whose cores do not
 run at the same speed loses the difference at the gradients' all-reduce. This measures
 that: a 1024x1024 numpy matmul (one BLAS thread) pinned to each core in turn, then on

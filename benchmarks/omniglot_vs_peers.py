@@ -52,7 +52,7 @@ def time_metajax(
 ) -> dict:
     """Times metajax's jitted train step on one workload, in this process.
 
-    With ``cpu_devices`` > 0 the host CPU is split into that many single-threaded
+    With ``cpu_devices`` > 0 the host CPU is split into that many
     devices (:func:`metajax.cpu_devices`, before JAX starts) and the step is sharded
     over them (:func:`metajax.parallel.shard_train_step`), each device looping over its
     share of the tasks.
@@ -298,8 +298,8 @@ def main(argv=None) -> int:
         type=int,
         nargs="+",
         default=[0],
-        help="metajax settings to time: 0 (the CPU as one device) or N single-threaded "
-        "CPU devices with the step sharded over them (metajax.cpu_devices)",
+        help="metajax settings to time: 0 (the CPU as one device) or N CPU devices (one "
+        "per core) with the step sharded over them (metajax.cpu_devices)",
     )
     parser.add_argument(
         "--rounds",

@@ -2,7 +2,7 @@
 
 Runs the workload's second-order MAML step (``task_parallel="map"``, or
 ``--task-parallel``), optionally on a
-CPU split into single-threaded devices (``--cpu-devices``, :func:`metajax.cpu_devices`,
+CPU split into one device per core (``--cpu-devices``, :func:`metajax.cpu_devices`,
 the step sharded over them), records ``--steps`` steps with ``jax.profiler`` and sums
 the trace's complete events by operation name, with the trailing ``.N`` of XLA's
 fusion names dropped (``ynn_fusion.77`` -> ``ynn_fusion``). Reports each category's

@@ -32,21 +32,31 @@ measured (XLA aborts on a flag it does not know). The CLI calls it; set
 ``METAJAX_TUNE_XLA=0`` to disable it.
 
 :func:`cpu_devices` (opt-in: ``METAJAX_CPU_DEVICES=N`` for the CLI) splits the host CPU
-into ``N`` XLA devices of one thread each (``--xla_force_host_platform_device_count=N
---xla_cpu_multi_thread_eigen=false``). A step sharded over them
-(:mod:`metajax.parallel`, as the CLI's recipes do with every device) then runs one
-stream of tasks per core, instead of one stream whose small operations are each split
-over the cores, and conv4 then convolves every even block by Winograd
+into ``N`` XLA devices and turns off Eigen's multi-threading
+(``--xla_force_host_platform_device_count=N --xla_cpu_multi_thread_eigen=false``). A step
+sharded over them (:mod:`metajax.parallel`, as the CLI's recipes do with every device)
+then runs one stream of tasks per core, instead of one stream whose small operations are
+each split over the cores, and conv4 then convolves every even block by Winograd
 (:func:`metajax.models.conv4._winograd_pays`). Measured on the 2-core CPU of this
 project beside the PyTorch peers, second-order MAML, ``task_parallel="map"``
 (``benchmarks/results/omniglot_vs_peers_2026-12-06f.log``, its command in the README):
-W1 0.574 s per meta-step against 0.960 s on one device, W2 2.67 against 3.36 s. A
-program that is not sharded runs on one of the devices and so on one thread: only
-use it for steps sharded over every device. :func:`tune_xla_cpu` there halves the
-memory and, since the conv4 changes of 2026-12-06 evening, also saves 3-4% of the time
-(W1 0.441 against 0.459 s and 511 against 952 MB, W2 2.368 against 2.448 s and 689
-against 1164 MB; ``benchmarks/results/cpu_devices_xla_emitters_c54bde2.log``, its
-command at its top), so the CLI applies both.
+W1 0.574 s per meta-step against 0.960 s on one device, W2 2.67 against 3.36 s.
+:func:`tune_xla_cpu` there halves the memory and, since the conv4 changes of 2026-12-06
+evening, also saves 3-4% of the time (W1 0.441 against 0.459 s and 511 against 952 MB,
+W2 2.368 against 2.448 s and 689 against 1164 MB;
+``benchmarks/results/cpu_devices_xla_emitters_c54bde2.log``, its command at its top), so
+the CLI applies both.
+
+The devices are not single-threaded. Every device's program runs on XLA:CPU's one
+intra-op thread pool (one thread per core), and XLA still splits an operation over the
+pool's idle threads; the flag only stops Eigen's own splitting. With every device busy,
+the pool's threads carry the devices' streams, one stream per core. A program
+that runs on one device alone (an unsharded step, such as the CLI's evaluation steps)
+keeps both cores busy: W2's unsharded step took 1.51 s on the split CPU, against
+1.46 s on the CPU as one device and 3.22 s pinned to one core
+(``python benchmarks/split_cpu_threads.py``,
+``benchmarks/results/split_cpu_threads_2026-12-07.log``, AMD EPYC host; all the compute
+ran on the pool's two threads in every setting).
 
 :func:`enable_compilation_cache` turns on XLA's persistent compilation cache, so a
 run that is resumed after an interruption (or rerun with the same configuration)
@@ -131,7 +141,7 @@ CPU_DEVICES_FLAGS = (
 
 
 def cpu_devices(n: int | str | None = None) -> int:
-    """Splits the host CPU into ``n`` single-threaded XLA devices; the number set, or 0.
+    """Splits the host CPU into ``n`` XLA devices (one per core); the number set, or 0.
 
     Args:
       n: the number of devices; ``"cores"`` for one per core this process may run on;
@@ -182,9 +192,11 @@ def cpu_devices(n: int | str | None = None) -> int:
 
 
 def cpu_devices_are_single_threaded() -> bool:
-    """Whether ``XLA_FLAGS`` runs each CPU operation on one thread (as :func:`cpu_devices` sets).
+    """Whether ``XLA_FLAGS`` turns off Eigen's multi-threading (as :func:`cpu_devices` sets).
 
-    Read when a program is traced (e.g. by conv4's choice of convolution), so it
+    The name is historical: XLA still splits operations over idle pool threads (see the
+    module's notes); what the flag marks is a CPU split into one device per core, where
+    each device runs one stream of tasks. Read when a program is traced (e.g. by conv4's choice of convolution), so it
     reflects the flags the backend started with unless ``XLA_FLAGS`` changed since.
     """
     return CPU_DEVICES_FLAGS[1] in os.environ.get("XLA_FLAGS", "").split()

@@ -543,7 +543,7 @@ def _winograd_pays(shape) -> bool:
     (``benchmarks/winograd_block_costs.py``,
     ``benchmarks/results/winograd_block_costs.log``).
 
-    On a CPU split into single-threaded devices (:func:`metajax.cpu_devices`, the step
+    On a CPU split into one device per core (:func:`metajax.cpu_devices`, the step
     sharded over them) there is no tile threshold: every even block with 8 or more
     channels uses Winograd. Measured with 2 such devices on the same CPU, each looping
     over its 16 tasks, alternating rounds in one process
