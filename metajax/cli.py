@@ -120,6 +120,42 @@ def _start_distributed(options: list[str]) -> str | None:
     return None
 
 
+def _recipe_cpu_devices(command: str, config: object, *, distributed: bool) -> int | None:
+    """The CPU split a ``train`` recipe's config asks for (its ``cpu_split``), if it applies.
+
+    ``None`` when ``METAJAX_CPU_DEVICES`` is set (:func:`metajax.runtime.cpu_devices`
+    then reads it). 0 (leave the CPU as one device) for other commands and configs
+    without the option, and wherever something else already decides the CPU's devices:
+    ``XLA_FLAGS`` sets the device count or Eigen's threading (e.g. 8 simulated
+    devices), the process is one of several (``--distributed`` options), or JAX's
+    backends have started (the CLI called from a running program). A run whose
+    ``config.json`` predates the option resumes with its legacy value (0).
+    """
+    import os
+
+    from metajax.runtime import CPU_DEVICES_FLAGS
+
+    if os.environ.get("METAJAX_CPU_DEVICES", "").strip():
+        return None
+    if command != "train" or not hasattr(config, "cpu_split"):
+        return 0
+    from jax._src import xla_bridge
+
+    from metajax.runner import with_legacy_defaults
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (
+        distributed
+        or any(flag.split("=")[0] in flags for flag in CPU_DEVICES_FLAGS)
+        or xla_bridge.backends_are_initialized()
+    ):
+        return 0
+    if hasattr(config, "workdir"):
+        config = with_legacy_defaults(config, config.workdir)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return config.cpu_split(cores or 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metajax`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -159,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        cpu_devices()  # METAJAX_CPU_DEVICES: one device per core (see metajax.runtime)
+        # METAJAX_CPU_DEVICES, else the recipe's default: one device per core (runtime.py)
+        cpu_devices(_recipe_cpu_devices(command, config, distributed=bool(global_options)))
     except (ValueError, RuntimeError) as e:
         print(f"metajax: {e}", file=sys.stderr)
         return 2

@@ -170,3 +170,49 @@ def test_cpu_devices_refuses_late_or_conflicting_calls(monkeypatch):
         runtime.cpu_devices(2)
     with pytest.raises(ValueError, match="positive"):
         runtime.cpu_devices(-1)
+
+
+def test_cli_splits_the_cpu_for_recipes_that_ask_only_where_nothing_else_decides(
+    monkeypatch, tmp_path
+):
+    import dataclasses
+    import json
+
+    import jax
+
+    from metajax import cli
+    from metajax.recipes.omniglot import OmniglotEval, OmniglotTrain
+    from metajax.recipes.sinusoid import SinusoidTrain
+
+    monkeypatch.setattr(jax._src.xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.delenv("METAJAX_CPU_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    new = OmniglotTrain(workdir=str(tmp_path / "new"))
+    assert cli._recipe_cpu_devices("train", new, distributed=False) == 2
+    # One device where the split would leave a core computing padding, or is not sharded.
+    assert new.cpu_split(1) == 0 and new.cpu_split(3) == 0 and new.cpu_split(4) == 4
+    assert dataclasses.replace(new, meta_batch=1).cpu_split(2) == 0
+    assert dataclasses.replace(new, devices=1).cpu_split(2) == 0
+    assert dataclasses.replace(new, ways=20).cpu_split(16) == 16  # meta-batch 16 at 20 ways
+    assert dataclasses.replace(new, cpu_devices=3).cpu_split(2) == 3  # a number is as given
+    assert cli._recipe_cpu_devices("train", new, distributed=True) == 0
+    assert cli._recipe_cpu_devices("eval", OmniglotEval(), distributed=False) == 0
+    assert cli._recipe_cpu_devices("train", SinusoidTrain(), distributed=False) == 0
+    assert cli._recipe_cpu_devices("train", OmniglotTrain(cpu_devices=0), distributed=False) == 0
+    # A run started before the option resumes as it ran: on one device.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"workdir": str(old), "ways": 5}))
+    assert cli._recipe_cpu_devices("train", OmniglotTrain(workdir=str(old)), distributed=False) == 0
+    # The user's own settings decide: the environment variable (read by cpu_devices) ...
+    monkeypatch.setenv("METAJAX_CPU_DEVICES", "0")
+    assert cli._recipe_cpu_devices("train", new, distributed=False) is None
+    monkeypatch.delenv("METAJAX_CPU_DEVICES")
+    # ... simulated devices in XLA_FLAGS ...
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert cli._recipe_cpu_devices("train", new, distributed=False) == 0
+    # ... and a JAX that has already started (the CLI called from a program).
+    monkeypatch.setenv("XLA_FLAGS", "")
+    monkeypatch.setattr(jax._src.xla_bridge, "backends_are_initialized", lambda: True)
+    assert cli._recipe_cpu_devices("train", new, distributed=False) == 0
