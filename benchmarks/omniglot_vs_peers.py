@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         **_host.cpu_facts(),
         "cpus": os.cpu_count(),
         "peer_device": args.device,
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),  # the run's start; "ended": each record's
     }
     results = []
 
@@ -341,7 +341,7 @@ def main(argv=None) -> int:
         # Each measurement is printed and appended as soon as it ends, so a run cut
         # short (a time limit) keeps what it measured. No jax in this process: on a GPU
         # it would hold device memory the measured subprocesses need.
-        r = {**r, "round": machine.get("round", 0)}
+        r = {**r, "round": machine.get("round", 0), "ended": time.strftime("%H:%M:%S")}
         results.append(r)
         print(json.dumps(r), flush=True)
         if args.out:
