@@ -157,3 +157,27 @@ def test_protonet_trains_on_more_ways_than_it_is_tested_on(tmp_path):
         assert 1 / ways < acc[-1] <= 1.0  # an untrained conv4 embedding beats chance
     with pytest.raises(ValueError, match="--running-stats"):
         omniglot.evaluate(omniglot.OmniglotEval(workdir=workdir, batch_norm="running"))
+
+
+def test_cli_train_splits_the_cpu_before_jax_starts_as_the_config_says(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "METAJAX_CPU_DEVICES"}
+    env["JAX_PLATFORMS"] = "cpu"
+    workdir = tmp_path / "run"
+    # --cpu-devices 3 with a meta-batch of 2: the padding message shows the step ran
+    # sharded over 3 CPU devices, which exist only if the CLI split the CPU first.
+    out = subprocess.run(
+        [sys.executable, "-m", "metajax.cli", "train", "omniglot", "--workdir", str(workdir)]
+        + ["--channels", "8", "--meta-batch", "2", "--steps", "1", "--cpu-devices", "3"]
+        + ["--eval-every", "0", "--log-every", "1", "--checkpoint-every", "1", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "meta_batch 2 on 3 devices: padded to 3 tasks" in out.stdout, out.stdout
+    assert json.load(open(workdir / "config.json"))["cpu_devices"] == 3
