@@ -337,18 +337,18 @@ def main(argv=None) -> int:
     }
     results = []
 
-    def record(r: dict) -> None:
+    def record(r: dict, round_: int) -> None:
         # Each measurement is printed and appended as soon as it ends, so a run cut
         # short (a time limit) keeps what it measured. No jax in this process: on a GPU
         # it would hold device memory the measured subprocesses need.
-        r = {**r, "round": machine.get("round", 0), "ended": time.strftime("%H:%M:%S")}
+        r = {**r, "round": round_, "ended": time.strftime("%H:%M:%S")}
         results.append(r)
         print(json.dumps(r), flush=True)
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps({**r, **machine}) + "\n")
 
-    def run_metajax(workload: str) -> None:
+    def run_metajax(workload: str, round_: int) -> None:
         for mode in args.task_parallel:
             for tune_xla in xla_modes:
                 for cpu_devices in args.cpu_devices:
@@ -362,10 +362,11 @@ def main(argv=None) -> int:
                             tune_allocator=not args.default_allocator,
                             tune_xla=tune_xla,
                             cpu_devices=cpu_devices,
-                        )
+                        ),
+                        round_,
                     )
 
-    def run_peers(workload: str) -> None:
+    def run_peers(workload: str, round_: int) -> None:
         for peer in args.peers or []:
             for tuned in peer_modes:
                 record(
@@ -376,7 +377,8 @@ def main(argv=None) -> int:
                         iters=args.iters,
                         tuned=tuned,
                         device=args.device,
-                    )
+                    ),
+                    round_,
                 )
 
     if args.rounds < 1:
@@ -385,9 +387,8 @@ def main(argv=None) -> int:
         for round_ in range(args.rounds):
             # Alternate the order, so that neither side always runs first (after a
             # compile, or on a host that slows down as it warms up).
-            machine["round"] = round_
             for run in (run_metajax, run_peers)[:: 1 if round_ % 2 == 0 else -1]:
-                run(workload)
+                run(workload, round_)
 
     print(
         "| workload | library | s / meta-step (median, IQR) | tasks/s | peak RSS MB | "
