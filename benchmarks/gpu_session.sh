@@ -5,7 +5,8 @@
 #
 # Run from the repository root on a machine with JAX for CUDA (what the device tool
 # lends: Python 3.12, jax 0.11 with CUDA 13, torch + torchvision, no learn2learn,
-# higher or TorchOpt, no internet). Prepared here beforehand:
+# higher or TorchOpt, no internet). Prepared here beforehand by
+# `bash benchmarks/prepare_gpu_session.sh`, and carried:
 #   .whl/       tyro, typeguard, docstring_parser, higher, torchopt, optree, graphviz wheels
 #   .gpu/data/  omniglot/{omniglot28,splits,...} copied from ../shared/data
 #   .gpu/l2l/   python benchmarks/peers/make_minimal_l2l.py .gpu/l2l
