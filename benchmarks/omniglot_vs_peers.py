@@ -49,13 +49,17 @@ def time_metajax(
     tune_allocator: bool = True,
     tune_xla: bool = True,
     cpu_devices: int = 0,
+    compile_alone: bool = False,
 ) -> dict:
     """Times metajax's jitted train step on one workload, in this process.
 
     With ``cpu_devices`` > 0 the host CPU is split into that many
     devices (:func:`metajax.cpu_devices`, before JAX starts) and the step is sharded
     over them (:func:`metajax.parallel.shard_train_step`), each device looping over its
-    share of the tasks.
+    share of the tasks. Its first call then compiles and runs one step
+    (``compile_s``); ``compile_alone`` also compiles the same program once more after
+    the timed steps and the peak memory reading, and records that time alone
+    (``compile_alone_s``).
     """
     import resource
 
@@ -84,8 +88,9 @@ def time_metajax(
         pre_adaptation_metrics=False,
         task_parallel=int(task_parallel) if task_parallel.isdigit() else task_parallel,
     )
+    hlo = None
     if jax.device_count() > 1:
-        compiled, state, _ = _bench.sharded_task_batch_step(step, state, tasks)
+        compiled, state, hlo = _bench.sharded_task_batch_step(step, state, tasks)
         t0 = time.perf_counter()
         state, _ = compiled(state, tasks)  # compiles; the state is donated
         jax.block_until_ready(state)
@@ -110,6 +115,12 @@ def time_metajax(
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
     q25, q75 = np.percentile(times, [25, 75])
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    extra = {}
+    if compile_alone and hlo is not None:
+        t0 = time.perf_counter()
+        hlo()  # lowers and compiles the sharded step once more
+        extra["compile_alone_s"] = time.perf_counter() - t0
     return {
         "peer": "metajax",
         "workload": workload_name,
@@ -123,7 +134,7 @@ def time_metajax(
         "tasks_per_s": tasks_n / med,
         "compile_s": compile_s,
         "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss,
         # Where the peak comes from: the process before the step is built (Python, JAX,
         # the data), the high-water mark once the first call (sharded: compile and one
         # step; else the compile alone) returned, and the resident set after the timed steps.
@@ -135,6 +146,7 @@ def time_metajax(
         "device": jax.devices()[0].device_kind,
         "times": times,
         "meta_loss": float(metrics["meta_loss"]),
+        **extra,
     }
 
 
@@ -148,6 +160,7 @@ def run_metajax_isolated(
     tune_allocator: bool,
     tune_xla: bool = True,
     cpu_devices: int = 0,
+    compile_alone: bool = False,
 ) -> dict:
     cmd = [
         sys.executable,
@@ -168,6 +181,8 @@ def run_metajax_isolated(
     if not tune_xla:
         cmd += ["--xla-cpu", "default"]
     cmd += ["--cpu-devices", str(cpu_devices)]
+    if compile_alone:
+        cmd.append("--compile-alone")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -308,6 +323,12 @@ def main(argv=None) -> int:
         help="repeat every measurement this many times, alternating metajax first and "
         "the peers first, and summarise the ratio to each peer over the rounds",
     )
+    parser.add_argument(
+        "--compile-alone",
+        action="store_true",
+        help="on the split CPU, also time compiling the sharded step alone, after the "
+        "timed steps (its first call compiles and runs one step)",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,6 +343,7 @@ def main(argv=None) -> int:
             tune_allocator=not args.default_allocator,
             tune_xla=args.xla_cpu != "default",
             cpu_devices=args.cpu_devices[0],
+            compile_alone=args.compile_alone,
         )
         print(json.dumps(record))
         return 0
@@ -362,6 +384,7 @@ def main(argv=None) -> int:
                             tune_allocator=not args.default_allocator,
                             tune_xla=tune_xla,
                             cpu_devices=cpu_devices,
+                            compile_alone=args.compile_alone,
                         ),
                         round_,
                     )
@@ -412,6 +435,8 @@ def main(argv=None) -> int:
                 )
                 if r.get("cpu_devices"):  # sharded: timed as the first call, no cost analysis
                     note = f"first call (compile and one step) {r['compile_s']:.1f} s"
+                    if "compile_alone_s" in r:
+                        note += f", compile alone {r['compile_alone_s']:.1f} s"
             else:
                 note = f"{r.get('lib_version', '')}, {r.get('device', 'cpu')}"
                 if r.get("peak_gpu_mem_mb") is not None:
