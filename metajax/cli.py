@@ -133,27 +133,24 @@ def _recipe_cpu_devices(command: str, config: object, *, distributed: bool) -> i
     """
     import os
 
-    from metajax.runtime import CPU_DEVICES_FLAGS
+    from metajax.runtime import CPU_DEVICES_FLAGS, backends_started, host_cores
 
     if os.environ.get("METAJAX_CPU_DEVICES", "").strip():
         return None
     if command != "train" or not hasattr(config, "cpu_split"):
         return 0
-    from jax._src import xla_bridge
-
     from metajax.runner import with_legacy_defaults
 
     flags = os.environ.get("XLA_FLAGS", "")
     if (
         distributed
         or any(flag.split("=")[0] in flags for flag in CPU_DEVICES_FLAGS)
-        or xla_bridge.backends_are_initialized()
+        or backends_started()
     ):
         return 0
     if hasattr(config, "workdir"):
         config = with_legacy_defaults(config, config.workdir)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return config.cpu_split(cores or 1)
+    return config.cpu_split(host_cores())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

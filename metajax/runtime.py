@@ -31,7 +31,8 @@ compiles in a third of the time with it. It must run before JAX starts its backe
 measured (XLA aborts on a flag it does not know). The CLI calls it; set
 ``METAJAX_TUNE_XLA=0`` to disable it.
 
-:func:`cpu_devices` (opt-in: ``METAJAX_CPU_DEVICES=N`` for the CLI) splits the host CPU
+:func:`cpu_devices` (``METAJAX_CPU_DEVICES=N`` for the CLI; ``metajax train omniglot``
+asks for it by default, ``OmniglotTrain.cpu_devices``) splits the host CPU
 into ``N`` XLA devices and turns off Eigen's multi-threading
 (``--xla_force_host_platform_device_count=N --xla_cpu_multi_thread_eigen=false``). A step
 sharded over them (:mod:`metajax.parallel`, as the CLI's recipes do with every device)
@@ -107,6 +108,20 @@ def xla_cpu_flag_is_known() -> bool:
     return tuple(int(p) for p in jax.__version__.split(".")[:2]) in _XLA_CPU_FLAG_RELEASES
 
 
+def backends_started() -> bool:
+    """Whether JAX has started its backends, after which ``XLA_FLAGS`` is not read again."""
+    from jax._src import xla_bridge  # no public equivalent in jax 0.10
+
+    return xla_bridge.backends_are_initialized()
+
+
+def host_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def tune_xla_cpu() -> bool:
     """Adds :data:`XLA_CPU_FLAG` to ``XLA_FLAGS``; ``True`` if it will take effect.
 
@@ -116,8 +131,6 @@ def tune_xla_cpu() -> bool:
     ``True`` without change if the flag is already there. It only concerns the CPU
     backend, so it is harmless on a GPU or TPU host.
     """
-    from jax._src import xla_bridge
-
     flags = os.environ.get("XLA_FLAGS", "")
     name = XLA_CPU_FLAG.split("=")[0]
     if XLA_CPU_FLAG in flags.split():
@@ -126,7 +139,7 @@ def tune_xla_cpu() -> bool:
         os.environ.get("METAJAX_TUNE_XLA", "1") == "0"
         or name in flags
         or not xla_cpu_flag_is_known()
-        or xla_bridge.backends_are_initialized()
+        or backends_started()
     ):
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
@@ -157,13 +170,11 @@ def cpu_devices(n: int | str | None = None) -> int:
         already sets one of the two flags.
       RuntimeError: JAX's backends have already started, so the flags would be ignored.
     """
-    from jax._src import xla_bridge
-
     if n is None:
         n = os.environ.get("METAJAX_CPU_DEVICES", "").strip() or 0
     given = n
     if n == "cores":
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = host_cores()
     try:
         n = int(n)
     except (TypeError, ValueError):
@@ -180,7 +191,7 @@ def cpu_devices(n: int | str | None = None) -> int:
             raise ValueError(
                 f"cpu_devices: XLA_FLAGS already sets {flag.split('=')[0]}: {flags!r}."
             )
-    if xla_bridge.backends_are_initialized():
+    if backends_started():
         raise RuntimeError(
             "cpu_devices must run before JAX starts its backends (the first array or "
             "device query); call it at the top of the script, or set METAJAX_CPU_DEVICES "
@@ -196,8 +207,9 @@ def cpu_devices_are_single_threaded() -> bool:
 
     The name is historical: XLA still splits operations over idle pool threads (see the
     module's notes); what the flag marks is a CPU split into one device per core, where
-    each device runs one stream of tasks. Read when a program is traced (e.g. by conv4's choice of convolution), so it
-    reflects the flags the backend started with unless ``XLA_FLAGS`` changed since.
+    each device runs one stream of tasks. Read when a program is traced (e.g. by conv4's
+    choice of convolution), so it reflects the flags the backend started with unless
+    ``XLA_FLAGS`` changed since.
     """
     return CPU_DEVICES_FLAGS[1] in os.environ.get("XLA_FLAGS", "").split()
 
